@@ -1,0 +1,1 @@
+"""The `tensorf-bench` command-line tool and the orchestration of benchmark reports."""
