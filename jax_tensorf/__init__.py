@@ -1,0 +1,1 @@
+"""The JAX TensoRF (flax + optax). See DEVELOPERS.md for the parameter layout."""
