@@ -1,0 +1,177 @@
+"""Alpha mask: a binary occupancy volume that skips empty space, the box shrink it drives, and
+ray filtering (official ``AlphaGridMask``, ``updateAlphaMask``, ``shrink``, ``filtering_rays``).
+
+The mask volume is stored as the official one, ``(Z, Y, X)``, and queried like
+``grid_sample(mask, xyz, align_corners=True) > 0`` (trilinear, zero padding): a point is inside
+when any of its eight neighbouring voxels with a non-zero interpolation weight is set.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .sampling import normalize_coord
+
+
+def dense_grid_points(aabb, grid_size: Sequence[int]) -> jax.Array:
+    """The voxel corners of the box, ``(X, Y, Z, 3)`` (official ``getDenseAlpha`` grid)."""
+    aabb = jnp.asarray(aabb, jnp.float32)
+    axes = [jnp.linspace(0.0, 1.0, int(n), dtype=jnp.float32) for n in grid_size]
+    s = jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
+    return aabb[0] * (1.0 - s) + aabb[1] * s
+
+
+def alpha_from_sigma(sigma: jax.Array, step) -> jax.Array:
+    """``1 - exp(-sigma * step)``: no distance_scale here (official)."""
+    return 1.0 - jnp.exp(-sigma * step)
+
+
+def query_alpha_mask(mask: jax.Array, mask_aabb: jax.Array, xyz: jax.Array) -> jax.Array:
+    """Whether world points (..., 3) fall in the mask (Z, Y, X): trilinear value > 0."""
+    Z, Y, X = mask.shape
+    n = normalize_coord(xyz, mask_aabb)
+    sizes = (X, Y, Z)
+    pos = [(n[..., d] + 1.0) * 0.5 * (sizes[d] - 1) for d in range(3)]
+    lo = [jnp.floor(p) for p in pos]
+    frac = [p - l for p, l in zip(pos, lo)]
+    lo = [l.astype(jnp.int32) for l in lo]
+    flat = mask.reshape(-1)
+    hit = jnp.zeros(xyz.shape[:-1], dtype=bool)
+    for dx in (0, 1):
+        for dy in (0, 1):
+            for dz in (0, 1):
+                ix, iy, iz = lo[0] + dx, lo[1] + dy, lo[2] + dz
+                # the corner's weight is non-zero iff every factor is non-zero
+                w_pos = (
+                    ((frac[0] > 0) if dx else (frac[0] < 1))
+                    & ((frac[1] > 0) if dy else (frac[1] < 1))
+                    & ((frac[2] > 0) if dz else (frac[2] < 1))
+                )
+                inside = (ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (iz >= 0) & (iz < Z)
+                lin = (jnp.clip(iz, 0, Z - 1) * Y + jnp.clip(iy, 0, Y - 1)) * X + jnp.clip(ix, 0, X - 1)
+                hit = hit | (w_pos & inside & flat[lin])
+    return hit
+
+
+def dilate_and_threshold(alpha_xyz: jax.Array, thres: float) -> jax.Array:
+    """(X, Y, Z) alpha -> (Z, Y, X) bool: clamp to [0, 1], 3x3x3 max-pool (stride 1), ``>= thres``."""
+    a = jnp.clip(jnp.transpose(alpha_xyz, (2, 1, 0)), 0.0, 1.0)
+    pooled = jax.lax.reduce_window(
+        a, -jnp.inf, jax.lax.max, (3, 3, 3), (1, 1, 1), ((1, 1), (1, 1), (1, 1))
+    )
+    return pooled >= thres
+
+
+def build_alpha_mask(alpha_xyz, aabb, thres: float):
+    """Official ``updateAlphaMask`` after the alpha grid is computed.
+
+    Returns ``(mask (Z, Y, X) bool, new_aabb (2, 3) or None)``: the box of the kept voxel corners,
+    or None when no voxel is kept (the official code crashes there; here the caller keeps the old
+    box and the mask is all empty).
+    """
+    mask = dilate_and_threshold(jnp.asarray(alpha_xyz), thres)
+    return mask, mask_bounds(mask, aabb)
+
+
+def mask_bounds(mask, aabb) -> Optional[np.ndarray]:
+    """Box of the set voxel corners of a (Z, Y, X) mask over ``aabb``; None when the mask is empty."""
+    m = np.asarray(mask)
+    if not m.any():
+        return None
+    aabb = np.asarray(aabb, np.float32)
+    Z, Y, X = m.shape
+    zs, ys, xs = np.nonzero(m)
+    idx_min = np.array([xs.min(), ys.min(), zs.min()], np.float32)
+    idx_max = np.array([xs.max(), ys.max(), zs.max()], np.float32)
+    sizes = np.array([X, Y, Z], np.float32)
+    # linspace(0, 1, n)[i] in float32, as the official dense grid
+    s_min = idx_min / (sizes - 1)
+    s_max = idx_max / (sizes - 1)
+    lo = aabb[0] * (1 - s_min) + aabb[1] * s_min
+    hi = aabb[0] * (1 - s_max) + aabb[1] * s_max
+    return np.stack([lo, hi]).astype(np.float32)
+
+
+def shrink_box(aabb, grid_size: Sequence[int], new_aabb, mask_grid_size: Sequence[int]):
+    """Official ``shrink`` arithmetic. Returns ``(t_l, b_r, aabb_after, grid_after)``: voxel index
+    ranges [t_l, b_r) per axis, the box snapped to grid points when the mask resolution differs
+    from the grid's, and the new per-axis grid size."""
+    aabb = np.asarray(aabb, np.float32)
+    new_aabb = np.asarray(new_aabb, np.float32)
+    gs = np.asarray(grid_size, np.int64)
+    units = (aabb[1] - aabb[0]) / (gs.astype(np.float32) - np.float32(1))
+    t_l = np.round((new_aabb[0] - aabb[0]) / units).astype(np.int64)
+    b_r = np.round((new_aabb[1] - aabb[0]) / units).astype(np.int64) + 1
+    b_r = np.minimum(b_r, gs)
+    t_l = np.maximum(t_l, 0)
+    if not np.array_equal(np.asarray(mask_grid_size, np.int64), gs):
+        t_l_r = t_l.astype(np.float32) / (gs - 1).astype(np.float32)
+        b_r_r = (b_r - 1).astype(np.float32) / (gs - 1).astype(np.float32)
+        new_aabb = np.stack(
+            [(1 - t_l_r) * aabb[0] + t_l_r * aabb[1], (1 - b_r_r) * aabb[0] + b_r_r * aabb[1]]
+        ).astype(np.float32)
+    return t_l.tolist(), b_r.tolist(), new_aabb, (b_r - t_l).tolist()
+
+
+def compute_dense_alpha(
+    density_fn: Callable[[jax.Array], jax.Array],
+    aabb,
+    grid_size: Sequence[int],
+    step: float,
+    mask_fn: Optional[Callable[[jax.Array], jax.Array]] = None,
+    chunk_points: int = 1 << 18,
+) -> jax.Array:
+    """Alpha on the dense grid, ``(X, Y, Z)``, computed one x-slab at a time (official
+    ``getDenseAlpha``; points outside the current mask get alpha 0)."""
+    pts = dense_grid_points(aabb, grid_size)
+    X = int(grid_size[0])
+    slab = int(grid_size[1]) * int(grid_size[2])
+    per = max(1, chunk_points // slab)
+
+    @jax.jit
+    def alpha_of(p):
+        flat = p.reshape(-1, 3)
+        sigma = density_fn(flat)
+        if mask_fn is not None:
+            sigma = jnp.where(mask_fn(flat), sigma, 0.0)
+        return alpha_from_sigma(sigma, step).reshape(p.shape[:-1])
+
+    out = []
+    for i in range(0, X, per):
+        block = pts[i : i + per]
+        if block.shape[0] < per:  # pad the last block so that one compilation serves all
+            pad = per - block.shape[0]
+            block = jnp.concatenate([block, jnp.broadcast_to(block[-1:], (pad,) + block.shape[1:])])
+            out.append(alpha_of(block)[: per - pad])
+        else:
+            out.append(alpha_of(block))
+    return jnp.concatenate(out, axis=0)
+
+
+def full_mask(aabb) -> tuple[jax.Array, jax.Array]:
+    """An all-set 2x2x2 mask over ``aabb``: equivalent to having no mask (every point inside the
+    box passes), with a fixed shape so that code paths stay the same."""
+    return jnp.ones((2, 2, 2), dtype=bool), jnp.asarray(aabb, jnp.float32)
+
+
+def rays_hit_mask(
+    rays_o: jax.Array,
+    rays_d: jax.Array,
+    aabb: jax.Array,
+    near: float,
+    far: float,
+    step,
+    mask: jax.Array,
+    mask_aabb: jax.Array,
+    n_samples: int = 256,
+) -> jax.Array:
+    """Whether any of ``n_samples`` evaluation samples of each ray falls in the mask (official
+    ``filtering_rays``, the mask branch)."""
+    from .sampling import sample_ray
+
+    _, xyz, _ = sample_ray(rays_o, rays_d, aabb, near, far, step, n_samples, None)
+    return jnp.any(query_alpha_mask(mask, mask_aabb, xyz), axis=-1)

@@ -1,0 +1,290 @@
+"""VM and CP tensor fields: initialisation, grid lookups, density activation, resize and shrink.
+
+Layout (see DEVELOPERS.md): grids are channel-last. A VM grid is ``{"planes": [P0, P1, P2],
+"lines": [L0, L1, L2]}`` with ``P_k`` of shape ``(H_k, W_k, C_k)`` and ``L_k`` of shape ``(L_k, C_k)``,
+where ``W_k = gridSize[MAT_MODE[k][0]]``, ``H_k = gridSize[MAT_MODE[k][1]]`` and
+``L_k = gridSize[VEC_MODE[k]]``. A CP grid is ``{"lines": [L0, L1, L2]}``.
+
+Lookups reproduce ``torch.nn.functional.grid_sample(mode="bilinear", padding_mode="zeros",
+align_corners=True)``: the coordinate u in [-1, 1] maps to the continuous index
+``(u + 1) / 2 * (size - 1)`` and neighbours outside the array contribute zero.
+
+The bilinear lookup is written once, for one point (:func:`_bilinear_point`, :func:`_linear_point`),
+and vectorised in several selectable ways (``RenderConfig.vmap_variant``):
+
+- ``flat``: the points are flattened and the point function is vmapped once (one batched gather per
+  corner);
+- ``pairs``: the three plane/line pairs are stacked (zero-padded to a common shape when the grid is
+  not cubic) and an outer vmap runs over the pair axis;
+- ``rays``: points shaped (R, N, 3); the inner vmap runs over rays, the outer over samples (the seed's
+  "magic vmap", ``in_axes=-2`` innermost);
+- ``samples``: points shaped (R, N, 3); the inner vmap runs over samples, the outer over rays.
+
+All variants compute the same numbers (tests check max-abs <= 1e-6).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tensorf_common.config import ConfigError
+
+MAT_MODE = ((0, 1), (0, 2), (1, 2))
+"""Plane k spans axes MAT_MODE[k] = (width axis, height axis) (official ``matMode``)."""
+VEC_MODE = (2, 1, 0)
+"""Line k runs along axis VEC_MODE[k] (official ``vecMode``)."""
+
+VMAP_VARIANTS = ("flat", "pairs", "rays", "samples")
+
+
+# ---------------------------------------------------------------------------------------------
+# The lookup, written once for one point.
+# ---------------------------------------------------------------------------------------------
+
+
+def _bilinear_point(plane: jax.Array, u: jax.Array, v: jax.Array, wh: jax.Array | None = None) -> jax.Array:
+    """Bilinear lookup of one point in a channel-last plane (H, W, C); u indexes W, v indexes H.
+
+    ``wh`` optionally gives the true (W, H) of a zero-padded plane (the ``pairs`` variant); the
+    padding region is then treated as outside the array.
+    """
+    H, W = plane.shape[0], plane.shape[1]
+    w_true = W if wh is None else wh[0]
+    h_true = H if wh is None else wh[1]
+    x = (u + 1.0) * 0.5 * (w_true - 1)
+    y = (v + 1.0) * 0.5 * (h_true - 1)
+    x0f = jnp.floor(x)
+    y0f = jnp.floor(y)
+    fx = x - x0f
+    fy = y - y0f
+    x0 = x0f.astype(jnp.int32)
+    y0 = y0f.astype(jnp.int32)
+    out = None
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        xi = x0 + dx
+        yi = y0 + dy
+        w = (fx if dx else 1.0 - fx) * (fy if dy else 1.0 - fy)
+        inside = (xi >= 0) & (xi < w_true) & (yi >= 0) & (yi < h_true)
+        val = plane[jnp.clip(yi, 0, H - 1), jnp.clip(xi, 0, W - 1)]
+        term = val * jnp.where(inside, w, 0.0).astype(val.dtype)
+        out = term if out is None else out + term
+    return out
+
+
+def _linear_point(line: jax.Array, t: jax.Array, length: jax.Array | None = None) -> jax.Array:
+    """Linear lookup of one point in a channel-last line (L, C) (``grid_sample`` on (1,C,L,1) at x=0)."""
+    L = line.shape[0]
+    l_true = L if length is None else length
+    x = (t + 1.0) * 0.5 * (l_true - 1)
+    x0f = jnp.floor(x)
+    fx = x - x0f
+    x0 = x0f.astype(jnp.int32)
+    out = None
+    for dx in (0, 1):
+        xi = x0 + dx
+        w = fx if dx else 1.0 - fx
+        inside = (xi >= 0) & (xi < l_true)
+        term = line[jnp.clip(xi, 0, L - 1)] * jnp.where(inside, w, 0.0).astype(line.dtype)
+        out = term if out is None else out + term
+    return out
+
+
+def grid_sample_2d(plane: jax.Array, uv: jax.Array) -> jax.Array:
+    """``grid_sample`` of a channel-last plane (H, W, C) at points uv (P, 2) in [-1, 1] -> (P, C)."""
+    return jax.vmap(_bilinear_point, in_axes=(None, 0, 0))(plane, uv[:, 0], uv[:, 1])
+
+
+def grid_sample_1d(line: jax.Array, t: jax.Array) -> jax.Array:
+    """``grid_sample`` of a channel-last line (L, C) at points t (P,) in [-1, 1] -> (P, C)."""
+    return jax.vmap(_linear_point, in_axes=(None, 0))(line, t)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-pair products, vectorised in the selectable ways.
+# ---------------------------------------------------------------------------------------------
+
+
+def _pair_point(plane, line, xyz, k: int):
+    """plane_k(xyz) * line_k(xyz) for one point -> (C_k,)."""
+    a, b = MAT_MODE[k]
+    return _bilinear_point(plane, xyz[a], xyz[b]) * _linear_point(line, xyz[VEC_MODE[k]])
+
+
+def _vectorise(fn: Callable, xyz: jax.Array, variant: str) -> jax.Array:
+    """Apply a one-point function ``fn(xyz (3,)) -> (C,)`` to xyz (..., 3) with the given vmap layout."""
+    if variant in ("flat", "pairs"):
+        flat = xyz.reshape(-1, 3)
+        return jax.vmap(fn)(flat).reshape(*xyz.shape[:-1], -1)
+    if xyz.ndim != 3:
+        raise ConfigError(
+            f"render.vmap_variant: {variant!r} needs points shaped (rays, samples, 3), got {xyz.shape}; "
+            "use 'flat' or 'pairs' with compacted samples"
+        )
+    if variant == "rays":  # inner vmap over rays (axis 0), outer over samples (axis 1)
+        return jax.vmap(jax.vmap(fn), in_axes=1, out_axes=1)(xyz)
+    if variant == "samples":  # inner vmap over samples (axis 1), outer over rays (axis 0)
+        return jax.vmap(jax.vmap(fn))(xyz)
+    raise ConfigError(f"render.vmap_variant: unknown {variant!r}; choose one of {VMAP_VARIANTS}")
+
+
+def _stack_padded(arrays: Sequence[jax.Array]) -> jax.Array:
+    """Zero-pad arrays to a common shape and stack them on a new leading axis."""
+    shape = tuple(max(a.shape[d] for a in arrays) for d in range(arrays[0].ndim))
+    padded = [jnp.pad(a, [(0, s - n) for s, n in zip(shape, a.shape)]) for a in arrays]
+    return jnp.stack(padded)
+
+
+def _pairs_features(planes, lines, xyz: jax.Array) -> list[jax.Array]:
+    """The ``pairs`` variant: outer vmap over the three plane/line pairs (padded to one shape)."""
+    # Reorder coordinates per pair so that one function serves all three: (u, v, t) per pair.
+    perm = jnp.array([[MAT_MODE[k][0], MAT_MODE[k][1], VEC_MODE[k]] for k in range(3)])
+    flat = xyz.reshape(-1, 3)
+    uvt = flat[:, perm]  # (P, 3 pairs, 3)
+    P = _stack_padded(planes)
+    Lns = _stack_padded(lines)
+    wh = jnp.array([[p.shape[1], p.shape[0]] for p in planes], dtype=jnp.int32)
+    ln = jnp.array([l.shape[0] for l in lines], dtype=jnp.int32)
+
+    def one_pair(plane, line, wh_k, l_k, uvt_k):
+        def point(c):
+            return _bilinear_point(plane, c[0], c[1], wh_k) * _linear_point(line, c[2], l_k)
+
+        return jax.vmap(point)(uvt_k)
+
+    out = jax.vmap(one_pair, in_axes=(0, 0, 0, 0, 1))(P, Lns, wh, ln, uvt)  # (3, P, Cmax)
+    comps = [p.shape[-1] for p in planes]
+    return [out[k, :, : comps[k]].reshape(*xyz.shape[:-1], comps[k]) for k in range(3)]
+
+
+def vm_pair_features(planes, lines, xyz_n: jax.Array, variant: str = "flat") -> list[jax.Array]:
+    """Per-pair products ``plane_k(xyz) * line_k(xyz)``, a list of three (..., C_k) arrays."""
+    if variant == "pairs":
+        return _pairs_features(planes, lines, xyz_n)
+    return [
+        _vectorise(lambda p, k=k: _pair_point(planes[k], lines[k], p, k), xyz_n, variant) for k in range(3)
+    ]
+
+
+def vm_features(planes, lines, xyz_n: jax.Array, variant: str = "flat") -> jax.Array:
+    """Per-component products concatenated in the official order (pair 0, 1, 2) -> (..., sum C)."""
+    return jnp.concatenate(vm_pair_features(planes, lines, xyz_n, variant), axis=-1)
+
+
+def vm_density_feature(planes, lines, xyz_n: jax.Array, variant: str = "flat") -> jax.Array:
+    """Density feature: the sum of every component product (official ``compute_densityfeature``)."""
+    return sum(jnp.sum(f, axis=-1) for f in vm_pair_features(planes, lines, xyz_n, variant))
+
+
+def cp_features(lines, xyz_n: jax.Array, variant: str = "flat") -> jax.Array:
+    """CP component products ``line_0 * line_1 * line_2`` -> (..., R)."""
+    if variant == "pairs":
+        variant = "flat"  # CP has no plane/line pairs to stack
+
+    def point(p):
+        out = None
+        for k in range(3):
+            v = _linear_point(lines[k], p[VEC_MODE[k]])
+            out = v if out is None else out * v
+        return out
+
+    return _vectorise(point, xyz_n, variant)
+
+
+def feature2density(feature: jax.Array, shift: float, act: str) -> jax.Array:
+    """Official ``feature2density``: softplus(f + shift) or relu(f)."""
+    if act == "softplus":
+        return jax.nn.softplus(feature + shift)
+    if act == "relu":
+        return jax.nn.relu(feature)
+    raise ConfigError(f"field.fea2dense_act: unknown activation {act!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation, resize, shrink.
+# ---------------------------------------------------------------------------------------------
+
+
+def plane_shape(grid_size: Sequence[int], k: int, comps: int) -> tuple[int, int, int]:
+    a, b = MAT_MODE[k]
+    return (int(grid_size[b]), int(grid_size[a]), int(comps))
+
+
+def line_shape(grid_size: Sequence[int], k: int, comps: int) -> tuple[int, int]:
+    return (int(grid_size[VEC_MODE[k]]), int(comps))
+
+
+def init_vm(key: jax.Array, grid_size: Sequence[int], n_comp: Sequence[int], scale: float) -> dict:
+    """Official VM init: every plane and line ~ scale * N(0, 1)."""
+    keys = jax.random.split(key, 6)
+    planes = [scale * jax.random.normal(keys[k], plane_shape(grid_size, k, n_comp[k])) for k in range(3)]
+    lines = [scale * jax.random.normal(keys[3 + k], line_shape(grid_size, k, n_comp[k])) for k in range(3)]
+    return {"planes": planes, "lines": lines}
+
+
+def init_cp(key: jax.Array, grid_size: Sequence[int], rank: int, scale: float) -> dict:
+    """Official CP init: every line ~ scale * N(0, 1)."""
+    keys = jax.random.split(key, 3)
+    return {"lines": [scale * jax.random.normal(keys[k], line_shape(grid_size, k, rank)) for k in range(3)]}
+
+
+def _resize_axis_aligned(x: jax.Array, axis: int, new: int) -> jax.Array:
+    """Linear resize of one axis with ``align_corners=True`` (the endpoints stay in place)."""
+    old = x.shape[axis]
+    if old == new:
+        return x
+    if new == 1 or old == 1:
+        pos = np.zeros(new, dtype=np.float32)
+    else:
+        # torch computes the source index as dst * (old - 1) / (new - 1) in float32
+        pos = np.arange(new, dtype=np.float32) * (np.float32(old - 1) / np.float32(new - 1))
+    i0 = np.clip(np.floor(pos).astype(np.int32), 0, old - 1)
+    i1 = np.minimum(i0 + 1, old - 1)
+    frac = (pos - i0).astype(np.float32)
+    shape = [1] * x.ndim
+    shape[axis] = new
+    f = jnp.asarray(frac).reshape(shape).astype(x.dtype)
+    return jnp.take(x, jnp.asarray(i0), axis=axis) * (1 - f) + jnp.take(x, jnp.asarray(i1), axis=axis) * f
+
+
+def upsample_vm(planes, lines, reso: Sequence[int]):
+    """Resize a VM grid to ``reso`` [X, Y, Z] (bilinear / linear, ``align_corners=True``)."""
+    new_planes, new_lines = [], []
+    for k in range(3):
+        a, b = MAT_MODE[k]
+        p = _resize_axis_aligned(planes[k], 0, int(reso[b]))
+        new_planes.append(_resize_axis_aligned(p, 1, int(reso[a])))
+        new_lines.append(_resize_axis_aligned(lines[k], 0, int(reso[VEC_MODE[k]])))
+    return new_planes, new_lines
+
+
+def upsample_cp(lines, reso: Sequence[int]):
+    """Resize a CP grid's lines to ``reso`` [X, Y, Z]."""
+    return [_resize_axis_aligned(lines[k], 0, int(reso[VEC_MODE[k]])) for k in range(3)]
+
+
+def shrink_vm(planes, lines, t_l: Sequence[int], b_r: Sequence[int]):
+    """Crop a VM grid to voxel index ranges [t_l, b_r) per axis (official ``shrink``)."""
+    new_planes, new_lines = [], []
+    for k in range(3):
+        a, b = MAT_MODE[k]
+        new_planes.append(planes[k][t_l[b] : b_r[b], t_l[a] : b_r[a]])
+        v = VEC_MODE[k]
+        new_lines.append(lines[k][t_l[v] : b_r[v]])
+    return new_planes, new_lines
+
+
+def shrink_cp(lines, t_l: Sequence[int], b_r: Sequence[int]):
+    return [lines[k][t_l[VEC_MODE[k]] : b_r[VEC_MODE[k]]] for k in range(3)]
+
+
+def grid_size_of(grid: dict) -> list[int]:
+    """[X, Y, Z] of a VM or CP grid, read from its line lengths."""
+    lines = grid["lines"]
+    size = [0, 0, 0]
+    for k in range(3):
+        size[VEC_MODE[k]] = int(lines[k].shape[0])
+    return size

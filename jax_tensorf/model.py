@@ -1,0 +1,327 @@
+"""TensoRF = tensor field + appearance decoder + renderer, assembled from the component modules.
+
+The trainable parameters are one plain pytree (layout in DEVELOPERS.md). Everything else a render
+needs (box, step, alpha mask) is a :class:`FieldState` pytree beside them. :class:`TensoRF` is the
+host-side object that holds both plus the static settings, and knows how to resize, shrink and
+rebuild its mask. Its jitted renderer compiles once per static configuration (grid size, samples
+per ray, capacities), which is what the trainer counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional, Sequence
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tensorf_common.config import FieldConfig, RenderConfig
+from tensorf_common.geometry import step_size_and_n_samples
+
+from . import alpha_mask as am
+from . import fields
+from .appearance import apply_render, init_render_params
+from .rendering import RenderOptions, render_rays
+from .sampling import normalize_coord
+
+
+@flax.struct.dataclass
+class FieldState:
+    """Non-trainable arrays of a model (no gradient, no optimizer state)."""
+
+    aabb: jax.Array  # (2, 3) float32
+    step_size: jax.Array  # () float32
+    mask: jax.Array  # (Z, Y, X) bool; a 2x2x2 all-True mask means "no mask"
+    mask_aabb: jax.Array  # (2, 3) float32
+
+
+def init_params(key: jax.Array, cfg: FieldConfig, grid_size: Sequence[int]) -> dict:
+    """Fresh parameters with the official initialisation."""
+    k_den, k_app, k_basis, k_mlp = jax.random.split(key, 4)
+    scale = cfg.resolved_init_scale
+    if cfg.model == "VM":
+        density = fields.init_vm(k_den, grid_size, cfg.density_components, scale)
+        app = fields.init_vm(k_app, grid_size, cfg.app_components, scale)
+        n_app = sum(cfg.app_components)
+    else:
+        density = fields.init_cp(k_den, grid_size, cfg.density_components[0], scale)
+        app = fields.init_cp(k_app, grid_size, cfg.app_components[0], scale)
+        n_app = cfg.app_components[0]
+    bound = 1.0 / np.sqrt(n_app)  # torch nn.Linear default init
+    basis = jax.random.uniform(k_basis, (n_app, cfg.app_dim), jnp.float32, -bound, bound)
+    params = {"density": density, "app": app, "basis_mat": {"kernel": basis}}
+    render = init_render_params(cfg, k_mlp)
+    if render:
+        params["render"] = render
+    return params
+
+
+def _cast(tree, dtype):
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda x: x.astype(dtype), tree)
+
+
+def density_at(params, cfg: FieldConfig, aabb, xyz_world, variant: str = "flat", dtype=None):
+    """sigma at world points (..., 3) (official ``compute_densityfeature`` + ``feature2density``)."""
+    xyz_n = normalize_coord(xyz_world, aabb)
+    grid = _cast(params["density"], dtype)
+    if dtype is not None:
+        xyz_n = xyz_n.astype(dtype)
+    if cfg.model == "VM":
+        feat = fields.vm_density_feature(grid["planes"], grid["lines"], xyz_n, variant)
+    else:
+        feat = jnp.sum(fields.cp_features(grid["lines"], xyz_n, variant), axis=-1)
+    return fields.feature2density(feat.astype(jnp.float32), cfg.density_shift, cfg.fea2dense_act)
+
+
+def app_features_at(params, cfg: FieldConfig, aabb, xyz_world, variant: str = "flat", dtype=None):
+    """Appearance features after the basis matrix, (..., app_dim)."""
+    xyz_n = normalize_coord(xyz_world, aabb)
+    grid = _cast(params["app"], dtype)
+    if dtype is not None:
+        xyz_n = xyz_n.astype(dtype)
+    if cfg.model == "VM":
+        feat = fields.vm_features(grid["planes"], grid["lines"], xyz_n, variant)
+    else:
+        feat = fields.cp_features(grid["lines"], xyz_n, variant)
+    return feat @ _cast(params["basis_mat"]["kernel"], dtype)
+
+
+def rgb_at(params, cfg: FieldConfig, aabb, xyz_world, viewdirs, variant: str = "flat", dtype=None):
+    """Colour at world points seen along ``viewdirs`` (P, 3)."""
+    feat = app_features_at(params, cfg, aabb, xyz_world, variant, dtype)
+    pts_n = normalize_coord(xyz_world, aabb)
+    render = _cast(params.get("render", {}), dtype)
+    return apply_render(cfg, render, pts_n, viewdirs, feat, dtype).astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "opts", "variant", "dtype"))
+def render(params, state: FieldState, rays_o, rays_d, jitter=None, key=None, *, cfg, opts, variant="flat", dtype=None):
+    """Render rays with a model's parameters and state (jitted per static configuration)."""
+    return render_rays(
+        rays_o,
+        rays_d,
+        state.aabb,
+        state.step_size,
+        lambda x: density_at(params, cfg, state.aabb, x, variant, dtype),
+        lambda x, d: rgb_at(params, cfg, state.aabb, x, d, variant, dtype),
+        lambda x: am.query_alpha_mask(state.mask, state.mask_aabb, x),
+        opts,
+        jitter,
+        key,
+    )
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return int(-(-n // multiple) * multiple)
+
+
+@dataclasses.dataclass
+class TensoRF:
+    """A TensoRF model on the host: parameters, field state and static settings."""
+
+    field_cfg: FieldConfig
+    render_cfg: RenderConfig
+    params: dict
+    state: FieldState
+    near_far: tuple[float, float]
+    white_bg: bool = True
+    mask_grid_size: Optional[list[int]] = None  # resolution of the current alpha mask, None = no mask
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def create(
+        cls,
+        key: jax.Array,
+        field_cfg: FieldConfig,
+        render_cfg: RenderConfig,
+        aabb,
+        grid_size: Sequence[int],
+        near_far=(2.0, 6.0),
+        white_bg: bool = True,
+    ) -> "TensoRF":
+        aabb = np.asarray(aabb, np.float32).reshape(2, 3)
+        step, _ = step_size_and_n_samples(aabb, grid_size, render_cfg.step_ratio)
+        mask, mask_aabb = am.full_mask(aabb)
+        state = FieldState(jnp.asarray(aabb), jnp.float32(step), mask, mask_aabb)
+        params = init_params(key, field_cfg, grid_size)
+        return cls(field_cfg, render_cfg, params, state, tuple(map(float, near_far)), white_bg)
+
+    # ------------------------------------------------------------------ geometry
+    @property
+    def grid_size(self) -> list[int]:
+        return fields.grid_size_of(self.params["density"])
+
+    @property
+    def aabb(self) -> np.ndarray:
+        return np.asarray(self.state.aabb)
+
+    @property
+    def step_size(self) -> float:
+        return float(self.state.step_size)
+
+    @property
+    def n_samples(self) -> int:
+        """The model's own samples per ray (official ``nSamples``, used at evaluation)."""
+        return step_size_and_n_samples(self.aabb, self.grid_size, self.render_cfg.step_ratio)[1]
+
+    def _set_grid_geometry(self, aabb) -> None:
+        step, _ = step_size_and_n_samples(aabb, self.grid_size, self.render_cfg.step_ratio)
+        self.state = self.state.replace(aabb=jnp.asarray(aabb, jnp.float32), step_size=jnp.float32(step))
+
+    # ------------------------------------------------------------------ rendering
+    def render_options(
+        self,
+        n_samples: int,
+        *,
+        train: bool,
+        sample_capacity: Optional[int] = None,
+        app_capacity: Optional[int] = None,
+        want_depth: bool = False,
+    ) -> RenderOptions:
+        rc = self.render_cfg
+        return RenderOptions(
+            n_samples=int(n_samples),
+            near=self.near_far[0],
+            far=self.near_far[1],
+            white_bg=self.white_bg,
+            distance_scale=self.field_cfg.distance_scale,
+            appearance=rc.appearance,
+            weight_thres=rc.ray_march_weight_thres,
+            topk=rc.topk,
+            sample_capacity=sample_capacity,
+            app_capacity=app_capacity,
+            want_depth=want_depth,
+            depth=rc.depth,
+        )
+
+    def render(self, rays_o, rays_d, opts: RenderOptions, jitter=None, key=None, dtype=None):
+        return render(
+            self.params,
+            self.state,
+            jnp.asarray(rays_o),
+            jnp.asarray(rays_d),
+            jitter,
+            key,
+            cfg=self.field_cfg,
+            opts=opts,
+            variant=self.render_cfg.vmap_variant,
+            dtype=dtype,
+        )
+
+    def render_chunks(
+        self,
+        rays_o: np.ndarray,
+        rays_d: np.ndarray,
+        *,
+        chunk: Optional[int] = None,
+        n_samples: Optional[int] = None,
+        want_depth: bool = True,
+        packed: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """Evaluation render of many rays (no jitter), in fixed-size chunks (the last one padded so
+        that one compilation serves all). With ``packed``, valid samples are compacted to a capacity
+        sized from the first chunk; a chunk that overflows is re-rendered unpacked, so the result
+        always equals the unpacked render."""
+        chunk = int(chunk or self.render_cfg.chunk)
+        n = int(n_samples or self.render_cfg.n_samples_eval or self.n_samples)
+        total = rays_o.shape[0]
+        full = self.render_options(n, train=False, want_depth=want_depth)
+        opts = full
+        outs: dict[str, list] = {"rgb": [], "depth": [], "acc": []}
+        for start in range(0, total, chunk):
+            o = rays_o[start : start + chunk]
+            d = rays_d[start : start + chunk]
+            m = o.shape[0]
+            if m < chunk:
+                o = np.concatenate([o, np.repeat(o[-1:], chunk - m, 0)])
+                d = np.concatenate([d, np.repeat(d[-1:], chunk - m, 0)])
+            if packed and opts is full:
+                probe = self.render(o, d, full)
+                valid = int(probe["stats"]["valid_samples"])
+                cap = min(chunk * n, max(4096, _round_up(int(valid * 1.5) + 1, 4096)))
+                opts = self.render_options(n, train=False, want_depth=want_depth, sample_capacity=cap)
+                out = probe
+            else:
+                out = self.render(o, d, opts)
+                if opts is not full and int(out["stats"]["sample_overflow"]) > 0:
+                    out = self.render(o, d, full)
+            for k in outs:
+                if k in out:
+                    outs[k].append(np.asarray(out[k][:m]))
+        return {k: np.concatenate(v) for k, v in outs.items() if v}
+
+    # ------------------------------------------------------------------ schedule operations
+    def upsample(self, reso: Sequence[int]) -> None:
+        """Resize both grids to ``reso`` (official ``upsample_volume_grid``)."""
+        p = dict(self.params)
+        for name in ("density", "app"):
+            g = p[name]
+            if self.field_cfg.model == "VM":
+                planes, lines = fields.upsample_vm(g["planes"], g["lines"], reso)
+                p[name] = {"planes": planes, "lines": lines}
+            else:
+                p[name] = {"lines": fields.upsample_cp(g["lines"], reso)}
+        self.params = p
+        self._set_grid_geometry(self.aabb)
+
+    def shrink(self, new_aabb) -> None:
+        """Crop the grids to ``new_aabb`` (official ``shrink``); the grid becomes non-cubic."""
+        mask_size = self.mask_grid_size or self.grid_size
+        t_l, b_r, aabb_after, _ = am.shrink_box(self.aabb, self.grid_size, new_aabb, mask_size)
+        p = dict(self.params)
+        for name in ("density", "app"):
+            g = p[name]
+            if self.field_cfg.model == "VM":
+                planes, lines = fields.shrink_vm(g["planes"], g["lines"], t_l, b_r)
+                p[name] = {"planes": planes, "lines": lines}
+            else:
+                p[name] = {"lines": fields.shrink_cp(g["lines"], t_l, b_r)}
+        self.params = p
+        self._set_grid_geometry(aabb_after)
+
+    def set_mask(self, mask, mask_aabb) -> None:
+        mask = jnp.asarray(mask, bool)
+        self.state = self.state.replace(mask=mask, mask_aabb=jnp.asarray(mask_aabb, jnp.float32))
+        Z, Y, X = mask.shape
+        self.mask_grid_size = [X, Y, Z]
+
+    def has_mask(self) -> bool:
+        return self.mask_grid_size is not None
+
+    def update_alpha_mask(self, grid_size: Sequence[int]) -> Optional[np.ndarray]:
+        """Rebuild the alpha mask at ``grid_size`` over the current box (official
+        ``updateAlphaMask``). Returns the box of the kept voxels, or None for an empty mask (then
+        the old mask is kept)."""
+        cfg, aabb, params = self.field_cfg, self.state.aabb, self.params
+        state = self.state
+        mask_fn = (lambda x: am.query_alpha_mask(state.mask, state.mask_aabb, x)) if self.has_mask() else None
+        alpha = am.compute_dense_alpha(
+            lambda x: density_at(params, cfg, aabb, x, "flat"), self.aabb, grid_size, self.step_size, mask_fn
+        )
+        mask, new_aabb = am.build_alpha_mask(alpha, self.aabb, self.render_cfg.alpha_mask_thres)
+        if new_aabb is None:
+            return None
+        self.set_mask(mask, self.aabb)
+        return new_aabb
+
+    def rays_hit_mask(self, rays_o: np.ndarray, rays_d: np.ndarray, chunk: int = 8192, n_samples: int = 256) -> np.ndarray:
+        """Official ray filtering by the mask, chunked on the host -> bool (R,)."""
+        fn = jax.jit(
+            lambda o, d, s: am.rays_hit_mask(
+                o, d, s.aabb, self.near_far[0], self.near_far[1], s.step_size, s.mask, s.mask_aabb, n_samples
+            )
+        )
+        out = []
+        for start in range(0, rays_o.shape[0], chunk):
+            o, d = rays_o[start : start + chunk], rays_d[start : start + chunk]
+            m = o.shape[0]
+            if m < chunk:
+                o = np.concatenate([o, np.repeat(o[-1:], chunk - m, 0)])
+                d = np.concatenate([d, np.repeat(d[-1:], chunk - m, 0)])
+            out.append(np.asarray(fn(o, d, self.state))[:m])
+        return np.concatenate(out) if out else np.zeros((0,), bool)

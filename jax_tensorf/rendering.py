@@ -1,0 +1,216 @@
+"""Volume rendering with static shapes: raw2alpha, compositing, depth, appearance selection.
+
+The official renderer evaluates density only where samples are valid (inside the box and the alpha
+mask) and appearance only where the compositing weight exceeds 1e-4. Both are dynamic shapes. Here
+they are emulated with fixed shapes in selectable ways:
+
+- samples can be *compacted*: the valid samples of the batch are packed into a buffer of fixed
+  capacity before the density lookup (``RenderConfig.sample_capacity``), or every sample is looked up
+  and invalid ones are zeroed;
+- appearance is computed for ``all`` samples, for the ``threshold`` ones (masked in place, or
+  compacted to a fixed capacity with ``app_capacity``), for the ``topk`` largest weights per ray, or for
+  a weighted ``sample`` without replacement per ray (the seed's scheme, with its unbiasing).
+
+Samples that do not fit a capacity are dropped and counted (``stats["sample_overflow"]``,
+``stats["app_overflow"]``) so that callers can see, and react to, a capacity that is too small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from tensorf_common.config import ConfigError
+
+from .sampling import sample_ray
+
+DensityFn = Callable[[jax.Array], jax.Array]
+"""World points (P, 3) -> sigma (P,)."""
+AppearanceFn = Callable[[jax.Array, jax.Array], jax.Array]
+"""(world points (P, 3), unit view directions (P, 3)) -> rgb (P, 3)."""
+MaskFn = Callable[[jax.Array], jax.Array]
+"""World points (..., 3) -> bool (...): inside the alpha mask."""
+
+
+def raw2alpha(sigma: jax.Array, dist: jax.Array):
+    """Official ``raw2alpha``: alpha = 1 - exp(-sigma * dist); T = cumprod(1 - alpha + 1e-10)
+    (exclusive); weights = alpha * T. Returns ``(alpha, weights, T_last)``."""
+    alpha = 1.0 - jnp.exp(-sigma * dist)
+    trans = jnp.cumprod(1.0 - alpha + 1e-10, axis=-1)
+    T = jnp.concatenate([jnp.ones_like(alpha[..., :1]), trans], axis=-1)
+    weights = alpha * T[..., :-1]
+    return alpha, weights, T[..., -1]
+
+
+def sample_dists(z_vals: jax.Array) -> jax.Array:
+    """Spacing of consecutive samples, with 0 for the last one (official, not 1e10)."""
+    return jnp.concatenate([z_vals[..., 1:] - z_vals[..., :-1], jnp.zeros_like(z_vals[..., :1])], axis=-1)
+
+
+def composite(weights: jax.Array, rgb: jax.Array, z_vals: jax.Array, white_bg: bool):
+    """``rgb_map = sum(w * rgb) (+ 1 - acc on white), clamped``; depth is the expected distance
+    ``sum(w * z)``. Returns ``(rgb_map (R,3), depth_map (R,), acc_map (R,))``."""
+    acc = jnp.sum(weights, axis=-1)
+    rgb_map = jnp.sum(weights[..., None] * rgb, axis=-2)
+    return finish_rgb(rgb_map, acc, white_bg), jnp.sum(weights * z_vals, axis=-1), acc
+
+
+def finish_rgb(rgb_map: jax.Array, acc: jax.Array, white_bg: bool) -> jax.Array:
+    if white_bg:
+        rgb_map = rgb_map + (1.0 - acc[..., None])
+    return jnp.clip(rgb_map, 0.0, 1.0)
+
+
+def median_depth(weights: jax.Array, z_vals: jax.Array, far: float) -> jax.Array:
+    """Distance of the first sample where the accumulated weight reaches 0.5; ``far`` where it never does."""
+    cum = jnp.cumsum(weights, axis=-1)
+    crossed = cum >= 0.5
+    first = jnp.argmax(crossed, axis=-1)
+    z = jnp.take_along_axis(z_vals, first[..., None], axis=-1)[..., 0]
+    return jnp.where(jnp.any(crossed, axis=-1), z, far)
+
+
+def compact(mask: jax.Array, capacity: int):
+    """Indices of the first ``capacity`` True entries of a flat mask (fixed shape).
+
+    Returns ``(idx, ok, count)``: ``idx`` (capacity,) int32 (padding entries equal ``mask.size``),
+    ``ok`` which entries are real, and the number of True entries (overflow = count - capacity).
+    """
+    idx = jnp.nonzero(mask, size=capacity, fill_value=mask.size)[0].astype(jnp.int32)
+    return idx, idx < mask.size, jnp.sum(mask, dtype=jnp.int32)
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    """Static settings of one compiled renderer (a change recompiles)."""
+
+    n_samples: int
+    near: float
+    far: float
+    white_bg: bool
+    distance_scale: float
+    appearance: str = "threshold"
+    weight_thres: float = 1e-4
+    topk: int = 32
+    sample_capacity: Optional[int] = None
+    """Absolute capacity (samples per batch) for valid-sample compaction; None = no compaction."""
+    app_capacity: Optional[int] = None
+    """Absolute capacity for thresholded appearance compaction; None = mask in place."""
+    want_depth: bool = False
+    depth: str = "mean"
+
+
+def render_rays(
+    rays_o: jax.Array,
+    rays_d: jax.Array,
+    aabb: jax.Array,
+    step_size,
+    density_fn: DensityFn,
+    app_fn: AppearanceFn,
+    mask_fn: Optional[MaskFn],
+    opts: RenderOptions,
+    jitter: Optional[jax.Array] = None,
+    key: Optional[jax.Array] = None,
+):
+    """Render a batch of rays. Returns a dict with ``rgb`` (R,3), ``acc`` (R,), optionally ``depth``,
+    and ``stats`` (overflow counts, valid and appearance sample counts).
+
+    ``jitter`` is one offset per ray (training) or None (evaluation). ``key`` drives the ``sample``
+    strategy only.
+    """
+    R, N = rays_o.shape[0], opts.n_samples
+    z_vals, xyz, valid = sample_ray(rays_o, rays_d, aabb, opts.near, opts.far, step_size, N, jitter)
+    if mask_fn is not None:
+        valid = valid & mask_fn(xyz)
+    dirs = rays_d  # official: the (unit) ray directions are the view directions
+    stats = {"valid_samples": jnp.sum(valid, dtype=jnp.int32)}
+
+    flat_xyz = xyz.reshape(R * N, 3)
+    flat_valid = valid.reshape(R * N)
+    packed = None
+    if opts.sample_capacity is None:
+        sigma = jnp.where(flat_valid, density_fn(flat_xyz), 0.0)
+        stats["sample_overflow"] = jnp.int32(0)
+    else:
+        idx, ok, count = compact(flat_valid, opts.sample_capacity)
+        packed = (idx, ok)
+        pts = flat_xyz[jnp.minimum(idx, R * N - 1)]
+        s = jnp.where(ok, density_fn(pts), 0.0)
+        sigma = jnp.zeros((R * N,), s.dtype).at[idx].set(s, mode="drop")
+        stats["sample_overflow"] = jnp.maximum(count - opts.sample_capacity, 0)
+    sigma = sigma.reshape(R, N).astype(jnp.float32)
+
+    _, weights, t_last = raw2alpha(sigma, sample_dists(z_vals) * opts.distance_scale)
+    acc = jnp.sum(weights, axis=-1)
+    rgb_map = _appearance(weights, t_last, xyz, dirs, valid, packed, app_fn, opts, key, stats)
+
+    out = {"rgb": finish_rgb(rgb_map, acc, opts.white_bg), "acc": acc, "stats": stats}
+    if opts.want_depth:
+        if opts.depth == "median":
+            out["depth"] = median_depth(weights, z_vals, opts.far)
+        else:
+            out["depth"] = jnp.sum(weights * z_vals, axis=-1)
+    return out
+
+
+def _appearance(weights, t_last, xyz, dirs, valid, packed, app_fn, opts: RenderOptions, key, stats):
+    """``sum_n w_n * rgb_n`` over the samples that the strategy selects -> (R, 3)."""
+    R, N = weights.shape
+    strategy = opts.appearance
+    if strategy in ("all", "threshold") and not (strategy == "threshold" and opts.app_capacity):
+        dirs_n = jnp.broadcast_to(dirs[:, None, :], xyz.shape)
+        if packed is None:
+            rgb = app_fn(xyz.reshape(R * N, 3), dirs_n.reshape(R * N, 3)).reshape(R, N, 3)
+        else:
+            # appearance only where density was evaluated: reuse the valid-sample compaction
+            idx, ok = packed
+            safe = jnp.minimum(idx, R * N - 1)
+            c = app_fn(xyz.reshape(R * N, 3)[safe], dirs_n.reshape(R * N, 3)[safe])
+            c = jnp.where(ok[:, None], c, 0.0)
+            rgb = jnp.zeros((R * N, 3), c.dtype).at[idx].set(c, mode="drop").reshape(R, N, 3)
+        if strategy == "threshold":
+            sel = weights > opts.weight_thres
+            stats["app_samples"] = jnp.sum(sel, dtype=jnp.int32)
+            rgb = jnp.where(sel[..., None], rgb, 0.0)
+        else:
+            stats["app_samples"] = jnp.sum(valid, dtype=jnp.int32)
+        stats["app_overflow"] = jnp.int32(0)
+        return jnp.sum(weights[..., None] * rgb.astype(weights.dtype), axis=-2)
+
+    if strategy == "threshold":  # compacted to a fixed capacity
+        sel = (weights > opts.weight_thres).reshape(R * N)
+        idx, ok, count = compact(sel, opts.app_capacity)
+        safe = jnp.minimum(idx, R * N - 1)
+        ray = safe // N
+        w = jnp.where(ok, weights.reshape(R * N)[safe], 0.0)
+        c = app_fn(xyz.reshape(R * N, 3)[safe], dirs[ray]).astype(w.dtype)
+        stats["app_samples"] = count
+        stats["app_overflow"] = jnp.maximum(count - opts.app_capacity, 0)
+        return jax.ops.segment_sum(w[:, None] * c, ray, num_segments=R)
+
+    k = min(opts.topk, N)
+    if strategy == "topk":
+        _, idx = jax.lax.top_k(weights, k)
+    elif strategy == "sample":
+        if key is None:
+            raise ConfigError("render.appearance: 'sample' needs a PRNG key")
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(R))
+        gumbel = jax.vmap(lambda kk: jax.random.gumbel(kk, (N,)))(keys)
+        _, idx = jax.lax.top_k(jnp.log(weights + 1e-20) + gumbel, k)
+    else:
+        raise ConfigError(f"render.appearance: unknown strategy {strategy!r}")
+    idx = jnp.sort(idx, axis=-1)  # sample order: k = N then sums exactly like 'all'
+    w = jnp.take_along_axis(weights, idx, axis=-1)
+    pts = jnp.take_along_axis(xyz, idx[..., None], axis=1)
+    c = app_fn(pts.reshape(R * k, 3), jnp.repeat(dirs, k, axis=0)).reshape(R, k, 3).astype(w.dtype)
+    stats["app_samples"] = jnp.int32(R * k)
+    stats["app_overflow"] = jnp.int32(0)
+    rgb_map = jnp.sum(w[..., None] * c, axis=-2)
+    if strategy == "sample":
+        # self-normalised unbiasing of the seed: scale to the full opacity of the ray
+        unbias = (1.0 - t_last + 1e-8) / (jnp.sum(w, axis=-1) + 1e-8)
+        rgb_map = rgb_map * jax.lax.stop_gradient(unbias)[:, None]
+    return rgb_map
