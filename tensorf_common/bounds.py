@@ -1,0 +1,171 @@
+"""Scene bounds from the training views' alpha: space carving of the visual hull (numpy only).
+
+A voxel of a grid over the dataset box is removed when some training view in which it projects
+inside the image sees (almost) no coverage there. The result is conservative: every point of the
+true object lies inside a kept voxel (cell) and inside the returned tight box, because
+
+* each view's silhouette (``alpha >= alpha_thres``) is dilated by the projected radius of a voxel
+  plus one pixel before a voxel centre is tested against it, so a voxel that touches the object
+  anywhere survives, as does an object point on a soft (fractional-alpha) edge;
+* the kept set is then dilated by ``margin`` voxels in 3D.
+
+The grid is corner-aligned (``align_corners=True``, like the official dense grids): voxel centres
+are ``linspace(aabb[0], aabb[1], n)`` per axis, and the occupancy array is indexed ``[x, y, z]``.
+The tight box is the box of the kept voxel centres, the way the official ``updateAlphaMask``
+computes ``new_aabb``.
+
+Cost: views are processed one after another over the voxels still alive, so after the first few
+views only the hull's neighbourhood is projected (100 views over 128^3 take a few seconds).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence, Union
+
+import numpy as np
+
+from .errors import DatasetError
+from .geometry import as_aabb
+
+
+def grid_axes(aabb, resolution: Union[int, Sequence[int]]) -> list[np.ndarray]:
+    """Voxel-centre coordinates per axis, ``linspace(aabb[0][k], aabb[1][k], n_k)`` (float32)."""
+    a = as_aabb(aabb)
+    res = _resolution(resolution)
+    return [np.linspace(a[0, k], a[1, k], res[k], dtype=np.float64).astype(np.float32) for k in range(3)]
+
+
+def _resolution(resolution: Union[int, Sequence[int]]) -> tuple[int, int, int]:
+    res = (int(resolution),) * 3 if np.ndim(resolution) == 0 else tuple(int(r) for r in resolution)
+    if len(res) != 3 or min(res) < 2:
+        raise ValueError(f"resolution: need one or three sizes >= 2, got {resolution!r}")
+    return res  # type: ignore[return-value]
+
+
+def _dilate_2d(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation with a (2r+1)^2 square (a superset of the disc)."""
+    if radius <= 0:
+        return mask
+    from scipy.ndimage import maximum_filter
+
+    return maximum_filter(mask, size=2 * radius + 1, mode="constant", cval=False)
+
+
+def _dilate_3d(occ: np.ndarray, margin: int) -> np.ndarray:
+    if margin <= 0:
+        return occ
+    from scipy.ndimage import maximum_filter
+
+    return maximum_filter(occ, size=2 * margin + 1, mode="constant", cval=False)
+
+
+def carve_visual_hull(
+    split,
+    aabb,
+    resolution: Union[int, Sequence[int]] = 128,
+    alpha_thres: float = 0.05,
+    margin: int = 1,
+    views: Optional[Sequence[int]] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Carve the visual hull of a split's alpha inside ``aabb``.
+
+    Args:
+        split: a :class:`tensorf_common.data.SplitData` (usually the train split).
+        aabb: the box to carve, ``(2, 3)`` or 6 numbers.
+        resolution: voxels per axis (one number or ``(X, Y, Z)``), corner-aligned.
+        alpha_thres: pixels with alpha below this count as empty.
+        margin: voxels of 3D dilation added around the carved hull.
+        views: which views to use (default: all).
+
+    Returns:
+        ``(occupancy, tight_aabb)``: a bool ``(X, Y, Z)`` array indexed ``[x, y, z]`` and the
+        ``(2, 3)`` float32 box of the kept voxel centres. When no pixel of any used view has alpha
+        below ``alpha_thres`` (no alpha information, e.g. a real capture) the whole box is kept.
+
+    Raises:
+        DatasetError: carving removed every voxel (the poses and the alpha disagree).
+    """
+    box = as_aabb(aabb)
+    res = _resolution(resolution)
+    view_ids = list(range(split.n_views)) if views is None else [int(v) for v in views]
+    thres_u8 = int(np.ceil(float(alpha_thres) * 255.0))
+    full = (np.ones(res, dtype=bool), box.copy())
+    if thres_u8 <= 0 or not any(bool((split.images[v, ..., 3] < thres_u8).any()) for v in view_ids):
+        return full
+
+    axes = grid_axes(box, res)
+    voxel = (box[1] - box[0]) / (np.asarray(res, dtype=np.float32) - 1)
+    voxel_radius = float(np.linalg.norm(voxel)) / 2.0  # half the voxel diagonal
+    # Flat indices of the voxels still alive, and their centres (float32 to keep memory small).
+    alive = np.arange(int(np.prod(res)), dtype=np.int64)
+    ix, iy, iz = np.unravel_index(alive, res)
+    pts = np.stack([axes[0][ix], axes[1][iy], axes[2][iz]], axis=1)
+    del ix, iy, iz
+    H, W = split.height, split.width
+    f = float(split.focal)
+    for v in view_ids:
+        if alive.size == 0:
+            break
+        c2w = split.c2w[v].astype(np.float64)
+        R, t = c2w[:3, :3], c2w[:3, 3]
+        cam = (pts - t.astype(np.float32)) @ R.astype(np.float32)  # world -> camera (OpenCV)
+        z = cam[:, 2]
+        front = z > 1e-6
+        zs = np.where(front, z, 1.0)
+        u = cam[:, 0] / zs * f + split.cx  # continuous pixel coordinates; centres at +0.5
+        w = cam[:, 1] / zs * f + split.cy
+        col = np.floor(u).astype(np.int64)
+        row = np.floor(w).astype(np.int64)
+        inside = front & (col >= 0) & (col < W) & (row >= 0) & (row < H)
+        if not inside.any():
+            continue
+        zmin = float(z[front].min()) if front.any() else 1.0
+        radius_px = int(np.ceil(f * voxel_radius / max(zmin, 1e-6))) + 1
+        sil = _dilate_2d(split.images[v, ..., 3] >= thres_u8, radius_px)
+        keep = ~inside
+        idx = np.flatnonzero(inside)
+        keep[idx] = sil[row[idx], col[idx]]
+        alive = alive[keep]
+        pts = pts[keep]
+
+    occ = np.zeros(res, dtype=bool)
+    occ.reshape(-1)[alive] = True
+    if not occ.any():
+        raise DatasetError(
+            f"{split.name}: carving the visual hull removed every voxel of the box "
+            f"{box.tolist()} (do the poses and the alpha channel agree?)"
+        )
+    occ = _dilate_3d(occ, int(margin))
+    return occ, occupancy_bounds(occ, box)
+
+
+def occupancy_bounds(occ: np.ndarray, aabb) -> np.ndarray:
+    """The ``(2, 3)`` float32 box of the True voxel centres of a corner-aligned ``[x, y, z]`` grid."""
+    box = as_aabb(aabb)
+    axes = grid_axes(box, occ.shape)
+    lo, hi = [], []
+    for k in range(3):
+        other = tuple(a for a in range(3) if a != k)
+        idx = np.flatnonzero(occ.any(axis=other))
+        if idx.size == 0:
+            raise ValueError("occupancy_bounds: the grid is empty")
+        lo.append(axes[k][idx[0]])
+        hi.append(axes[k][idx[-1]])
+    return np.array([lo, hi], dtype=np.float32)
+
+
+def ray_box_hit(origins: np.ndarray, dirs: np.ndarray, aabb) -> np.ndarray:
+    """Whether each ray ``(N, 3)`` meets the box in front of its origin (slab test), ``(N,)`` bool."""
+    box = as_aabb(aabb).astype(np.float64)
+    o = np.asarray(origins, dtype=np.float64)
+    d = np.asarray(dirs, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = 1.0 / d
+        t1 = (box[0] - o) * inv
+        t2 = (box[1] - o) * inv
+    tn = np.fmin(t1, t2).max(axis=-1)
+    tf = np.fmax(t1, t2).min(axis=-1)
+    return tf >= np.maximum(tn, 0.0)
+
+
+__all__ = ["carve_visual_hull", "grid_axes", "occupancy_bounds", "ray_box_hit"]
