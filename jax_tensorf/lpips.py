@@ -15,7 +15,9 @@ are read, through :mod:`tensorf_common.lpips_weights`). It computes what the off
 Layout: NHWC activations, HWIO kernels (the weights' own layout). Convolutions use
 ``Precision.HIGHEST`` so that GPUs do not drop to TF32 (CPUs compute float32 regardless).
 
-Both images of a pair go through the trunk as one batch.
+Both images of a pair go through the trunk as one batch. XLA's fused channel-norm reduction rounds
+the two halves of that batch differently in the last bit, so identical images give about 1e-16
+rather than exactly 0 (torch gives 0).
 """
 
 from __future__ import annotations
