@@ -42,35 +42,46 @@ def alpha_from_sigma(sigma: Tensor, step: float) -> Tensor:
     return 1 - torch.exp(-sigma * step)
 
 
-def build_alpha_mask(alpha_xyz: Tensor, thres: float, aabb) -> tuple[Tensor, Optional[Tensor]]:
+def dilate_and_threshold(alpha_xyz: Tensor, thres: float) -> Tensor:
+    """(X, Y, Z) alpha -> (Z, Y, X) bool: clamp to [0, 1], transpose, 3x3x3 max-pool (stride 1), ``>= thres``."""
+    alpha = alpha_xyz.clamp(0, 1).transpose(0, 2).contiguous()[None, None]
+    return F.max_pool3d(alpha, kernel_size=3, padding=1, stride=1)[0, 0] >= thres
+
+
+def mask_bounds(mask: Tensor, aabb) -> Optional[Tensor]:
+    """Box (2, 3) of the set grid points of a (Z, Y, X) mask over ``aabb``; None when the mask is empty.
+
+    A grid point's x depends only on its x index, so the official ``amin``/``amax`` over all kept
+    points equals the min/max over the kept x indices, computed with the same float formula
+    ``aabb[0] * (1 - s) + aabb[1] * s``, ``s = linspace(0, 1, n)``.
+    """
+    if not bool(mask.any()):
+        return None
+    box = torch.as_tensor(aabb, dtype=torch.float32).reshape(2, 3).to(mask.device)
+    keep_xyz = (mask.any(dim=(0, 1)), mask.any(dim=(0, 2)), mask.any(dim=(1, 2)))  # per x, y, z index
+    lo, hi = [], []
+    for axis, keep in enumerate(keep_xyz):
+        s = torch.linspace(0, 1, keep.shape[0], device=box.device)
+        coord = box[0, axis] * (1 - s) + box[1, axis] * s
+        lo.append(coord[keep].amin())
+        hi.append(coord[keep].amax())
+    return torch.stack((torch.stack(lo), torch.stack(hi)))
+
+
+def build_alpha_mask(alpha_xyz: Tensor, aabb, thres: float) -> tuple[Tensor, Optional[Tensor]]:
     """Mask and tight box from a dense alpha grid (official ``updateAlphaMask`` after the alpha).
 
     Args:
         alpha_xyz: (X, Y, Z) alpha at :func:`dense_grid_points` of ``aabb``.
-        thres: voxels whose dilated alpha is ``>= thres`` are kept.
         aabb: (2, 3) box of the dense grid.
+        thres: voxels whose dilated alpha is ``>= thres`` are kept.
 
     Returns:
         mask (Z, Y, X) bool after a 3x3x3 max-pool dilation and the threshold, and the (2, 3) box of
-        the kept grid points, or None when no voxel is kept (never a crash).
+        the kept grid points, or None when no voxel is kept (the official code crashes there).
     """
-    box = torch.as_tensor(aabb, dtype=torch.float32, device=alpha_xyz.device).reshape(2, 3)
-    alpha = alpha_xyz.clamp(0, 1).transpose(0, 2).contiguous()[None, None]
-    alpha = F.max_pool3d(alpha, kernel_size=3, padding=1, stride=1)[0, 0]
-    mask = alpha >= thres
-    if not bool(mask.any()):
-        return mask, None
-    # The box of the kept points. A point's x depends only on its x index, so the official
-    # amin/amax over all kept points equals the min/max over the kept x indices (same float formula).
-    zyx_any = [mask.any(dim=(1, 2)), mask.any(dim=(0, 2)), mask.any(dim=(0, 1))]  # over z, y, x
-    lo, hi = [], []
-    for axis, keep in zip((0, 1, 2), reversed(zyx_any)):  # x, y, z
-        n = keep.shape[0]
-        s = torch.linspace(0, 1, n, device=box.device)
-        coord = box[0, axis] * (1 - s) + box[1, axis] * s
-        lo.append(coord[keep].amin())
-        hi.append(coord[keep].amax())
-    return mask, torch.stack((torch.stack(lo), torch.stack(hi)))
+    mask = dilate_and_threshold(alpha_xyz, thres)
+    return mask, mask_bounds(mask, aabb)
 
 
 def query_alpha_mask(mask: Tensor, mask_aabb, xyz: Tensor) -> Tensor:
@@ -144,6 +155,23 @@ def shrink_box(
     return t_l.tolist(), b_r.tolist(), nbox, (b_r - t_l).tolist()
 
 
+def rays_hit_mask(
+    rays_o: Tensor,
+    rays_d: Tensor,
+    aabb,
+    near: float,
+    far: float,
+    step: float,
+    mask: Tensor,
+    mask_aabb,
+    n_samples: int = 256,
+) -> Tensor:
+    """Whether any of ``n_samples`` evaluation samples of each ray falls in the mask -> (R,) bool
+    (official ``filtering_rays``, the mask branch; samples are not restricted to the box)."""
+    _, xyz, _ = sample_ray(rays_o, rays_d, aabb, near, far, step, n_samples, jitter=None)
+    return query_alpha_mask(mask, mask_aabb, xyz).any(-1)
+
+
 @torch.no_grad()
 def filter_rays(
     rays_o: Tensor,
@@ -169,25 +197,25 @@ def filter_rays(
         if mask is None:
             keep.append(ray_aabb_hit(o, d, aabb))
         else:
-            _, xyz, _ = sample_ray(o, d, aabb, near, far, step_size, n_samples, jitter=None)
-            keep.append(query_alpha_mask(mask, mask_aabb, xyz).any(-1))
+            keep.append(rays_hit_mask(o, d, aabb, near, far, step_size, mask, mask_aabb, n_samples))
     if not keep:
         return torch.zeros(0, dtype=torch.bool, device=rays_o.device)
     return torch.cat(keep)
 
 
 @torch.no_grad()
-def dense_alpha(
-    sigma_fn: Callable[[Tensor], Tensor],
+def compute_dense_alpha(
+    density_fn: Callable[[Tensor], Tensor],
     aabb,
     grid_size: Sequence[int],
     step: float,
-    mask: Optional[AlphaGridMask] = None,
+    mask_fn: Optional[Callable[[Tensor], Tensor]] = None,
 ) -> Tensor:
     """Alpha (X, Y, Z) at the dense grid points of the box (official ``getDenseAlpha``).
 
-    ``sigma_fn`` maps world points (P, 3) to densities (P,); points outside the current mask (if any)
-    get sigma 0, like the official ``compute_alpha``. Evaluated one x-slice at a time.
+    ``density_fn`` maps world points (P, 3) to densities (P,); points outside the current mask
+    (``mask_fn`` (P, 3) -> bool, if given) get sigma 0 and are not evaluated, like the official
+    ``compute_alpha``. Evaluated one x-slice at a time.
     """
     pts = dense_grid_points(aabb, grid_size)
     gx, gy, gz = (int(g) for g in grid_size)
@@ -195,8 +223,11 @@ def dense_alpha(
     for i in range(gx):
         flat = pts[i].reshape(-1, 3)
         sigma = torch.zeros(flat.shape[0], dtype=flat.dtype, device=flat.device)
-        valid = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device) if mask is None else mask.contains(flat)
+        if mask_fn is None:
+            valid = torch.ones(flat.shape[0], dtype=torch.bool, device=flat.device)
+        else:
+            valid = mask_fn(flat)
         if bool(valid.any()):
-            sigma[valid] = sigma_fn(flat[valid])
+            sigma[valid] = density_fn(flat[valid])
         alpha[i] = alpha_from_sigma(sigma, step).view(gy, gz)
     return alpha

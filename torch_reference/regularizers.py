@@ -6,20 +6,33 @@ TV by 1e-2 for VM, each line's by 1e-3 for CP) are arguments here, with the offi
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence, Union
 
 import torch
 from torch import Tensor
 
+Grid = Union[Sequence[Tensor], Mapping[str, Sequence[Tensor]]]
+"""A sequence of tensors, or the JAX twin's ``{"planes": [...], "lines": [...]}`` (CP: lines only)."""
 
-def density_l1(grid: Sequence[Tensor]) -> Tensor:
-    """``sum_t mean(|t|)`` over the given tensors, in the given order.
 
-    Official VM ``density_L1`` is ``density_l1([plane0, line0, plane1, line1, plane2, line2])``;
-    CP is ``density_l1(density_lines)``.
+def _interleaved(grid: Grid) -> list[Tensor]:
+    if isinstance(grid, Mapping):
+        planes, lines = list(grid.get("planes", [])), list(grid["lines"])
+        if not planes:
+            return lines
+        return [t for k in range(len(lines)) for t in (planes[k], lines[k])]
+    return list(grid)
+
+
+def density_l1(grid: Grid) -> Tensor:
+    """``sum_t mean(|t|)`` over the tensors of ``grid``, in order.
+
+    Official VM ``density_L1`` is ``density_l1([plane0, line0, plane1, line1, plane2, line2])``
+    (also what ``{"planes", "lines"}`` gives); CP is ``density_l1(density_lines)``.
     """
-    total = torch.zeros((), dtype=grid[0].dtype, device=grid[0].device)
-    for t in grid:
+    tensors = _interleaved(grid)
+    total = torch.zeros((), dtype=tensors[0].dtype, device=tensors[0].device)
+    for t in tensors:
         total = total + torch.mean(torch.abs(t))
     return total
 
@@ -35,9 +48,14 @@ def tv_single(x: Tensor) -> Tensor:
     return 2 * (h_tv / count_h + w_tv / count_w) / b
 
 
-def tv_loss(planes: Sequence[Tensor], scale: float = 1e-2) -> Tensor:
+def tv_loss(planes: Grid, scale: float = 1e-2) -> Tensor:
     """``sum_k TVLoss(plane_k) * scale`` (official ``TV_loss_density``/``TV_loss_app``: scale 1e-2 for
-    VM planes; 1e-3 for CP lines)."""
+    VM planes; 1e-3 for CP lines). Given a ``{"planes", "lines"}`` dict, applies the official rule
+    itself: the planes at 1e-2 when there are planes, else the lines at 1e-3 (``scale`` is ignored)."""
+    if isinstance(planes, Mapping):
+        if planes.get("planes"):
+            return tv_loss(list(planes["planes"]), 1e-2)
+        return tv_loss(list(planes["lines"]), 1e-3)
     total = torch.zeros((), dtype=planes[0].dtype, device=planes[0].device)
     for p in planes:
         total = total + tv_single(p) * scale

@@ -72,16 +72,18 @@ def select_appearance(
     strategy: str = "threshold",
     thres: float = 1e-4,
     k: int = 32,
-    noise: Optional[Tensor] = None,
+    gumbel: Optional[Tensor] = None,
+    t_last: Optional[Tensor] = None,
 ) -> tuple[Tensor, Optional[Tensor]]:
     """Which samples get appearance -> (mask (R, N) bool, colour scale (R,) or None).
 
     - ``all``: every sample;
     - ``threshold``: ``weight > thres`` (official);
-    - ``topk``: the k largest weights per ray (ties broken by index), among weights > 0;
-    - ``sample``: k samples per ray drawn without replacement with probability proportional to
-      the weight (Gumbel top-k with ``noise`` (R, N) uniform in (0, 1); drawn here if None), and the
-      colour rescaled by ``sum(w) / sum(w selected)`` (the seed's self-normalised correction).
+    - ``topk``: the k largest weights per ray;
+    - ``sample``: k samples per ray drawn without replacement with probability proportional to the
+      weight, as Gumbel top-k of ``log(w + 1e-20) + gumbel`` (``gumbel`` (R, N) standard Gumbel noise,
+      drawn here if None), and the colour rescaled by ``(1 - T_last + 1e-8) / (sum w_selected + 1e-8)``
+      without gradient (the seed's self-normalised correction; ``t_last`` (R,) or (R, 1) is needed).
     """
     if strategy == "all":
         return torch.ones_like(weights, dtype=torch.bool), None
@@ -94,16 +96,18 @@ def select_appearance(
     if strategy == "topk":
         keys = w
     else:
-        if noise is None:
-            noise = torch.rand_like(w)
-        u = noise.to(w).clamp(1e-12, 1 - 1e-7)
-        keys = torch.log(w.clamp_min(1e-30)) - torch.log(-torch.log(u))
+        if gumbel is None:
+            u = torch.rand_like(w).clamp(1e-12, 1 - 1e-7)
+            gumbel = -torch.log(-torch.log(u))
+        keys = torch.log(w + 1e-20) + gumbel.to(w)
     idx = torch.topk(keys, kk, dim=-1).indices
-    mask = torch.zeros_like(w, dtype=torch.bool).scatter_(-1, idx, True) & (w > 0)
+    mask = torch.zeros_like(w, dtype=torch.bool).scatter_(-1, idx, True)
     if strategy == "topk":
         return mask, None
+    if t_last is None:
+        raise ValueError("select_appearance: the 'sample' strategy needs t_last")
     selected = torch.where(mask, w, torch.zeros_like(w)).sum(-1)
-    scale = (w.sum(-1) + 1e-8) / (selected + 1e-8)
+    scale = (1.0 - t_last.detach().reshape(-1) + 1e-8) / (selected + 1e-8)
     return mask, scale
 
 
@@ -133,7 +137,7 @@ def render_rays(
     ndc_ray: bool = False,
     appearance: str = "threshold",
     topk: int = 32,
-    app_noise: Optional[Tensor] = None,
+    app_gumbel: Optional[Tensor] = None,
     train_white_bg: Optional[bool] = None,
 ) -> dict[str, Tensor]:
     """Render rays (R, 6) = [origin, direction] with the official pipeline.
@@ -141,7 +145,8 @@ def render_rays(
     ``jitter`` is one offset per ray in [0, 1) (R,) (or per sample index (N,) with ``ndc_ray``);
     in training (``is_train``) it is drawn with ``torch.rand`` when None. ``alpha_mask`` (Z, Y, X)
     with ``mask_aabb`` skips density outside the mask. ``train_white_bg`` fixes the official coin
-    flip for the background of non-white datasets in training (drawn when None).
+    flip for the background of non-white datasets in training (drawn when None). ``appearance``,
+    ``topk`` and ``app_gumbel`` choose the samples that get appearance (:func:`select_appearance`).
 
     Returns a dict: ``rgb_map`` (R, 3), ``depth_map`` (R,), ``acc_map`` (R,), ``weights`` (R, N),
     ``z_vals`` (R, N), ``n_density`` and ``n_appearance`` (sample counts, 0-dim).
@@ -174,9 +179,9 @@ def render_rays(
     if bool(valid.any()):
         sigma[valid] = density_fn(xyz_n[valid])
 
-    _, weights, _ = raw2alpha(sigma, dists * distance_scale)
+    _, weights, t_last = raw2alpha(sigma, dists * distance_scale)
 
-    app_mask, scale = select_appearance(weights, appearance, ray_march_weight_thres, topk, app_noise)
+    app_mask, scale = select_appearance(weights, appearance, ray_march_weight_thres, topk, app_gumbel, t_last)
     rgb = torch.zeros((*xyz.shape[:2], 3), dtype=xyz.dtype, device=xyz.device)
     if bool(app_mask.any()):
         rgb[app_mask] = appearance_fn(xyz_n[app_mask], dirs[app_mask])
