@@ -195,7 +195,15 @@ _ALLOWED_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
+    ("_codecs", "encode"),  # protocol-2 pickles store array bytes as latin-1 text
 }
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` restricted to the latin-1 round trip protocol-2 pickles use for bytes."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refused _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -203,6 +211,8 @@ class _ArrayUnpickler(pickle.Unpickler):
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS:
+            if module == "_codecs":
+                return _latin1_encode
             if module == "numpy.core.multiarray":
                 module = "numpy._core.multiarray" if hasattr(np, "_core") else module
             return super().find_class(module, name)
