@@ -22,7 +22,7 @@ rather than exactly 0 (torch gives 0).
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 from typing import Mapping, Optional, Sequence, Union
 
 import jax
@@ -106,6 +106,13 @@ def lpips_distance(params: Params, img0: jax.Array, img1: jax.Array, net: str) -
     return total
 
 
+@lru_cache(maxsize=None)
+def _jitted_distance(net: str):
+    """One jitted :func:`lpips_distance` per net, shared by every :class:`LPIPS` (compiled once per
+    input shape, whatever the weights)."""
+    return jax.jit(partial(lpips_distance, net=net))
+
+
 class LPIPS:
     """LPIPS v0.1 distance with pretrained weights, jitted.
 
@@ -129,7 +136,7 @@ class LPIPS:
         else:
             self.source = "<given weights>"
         self.params = lpips_params(weights)
-        self._fn = jax.jit(partial(lpips_distance, net=self.net))
+        self._fn = _jitted_distance(self.net)
 
     def batch(self, imgs0, imgs1) -> np.ndarray:
         """Distances (N,) of two (N, H, W, 3) batches of images in [0, 1]."""
