@@ -41,3 +41,5 @@ def test_ortho_loss_mean_abs_off_diagonal():
     torch.testing.assert_close(ortho_loss([line]), torch.tensor(5.0))
     eye = torch.eye(3).view(1, 3, 3, 1)
     torch.testing.assert_close(ortho_loss([eye, line]), torch.tensor(5.0))
+    # one component: no off-diagonal, adds 0 (the official code gives NaN)
+    torch.testing.assert_close(ortho_loss([torch.ones(1, 1, 4, 1), line]), torch.tensor(5.0))

@@ -64,10 +64,16 @@ def tv_loss(planes: Grid, scale: float = 1e-2) -> Tensor:
 
 def ortho_loss(lines: Sequence[Tensor]) -> Tensor:
     """Official ``vectorDiffs``: for each line (1, C, L, 1), the mean absolute off-diagonal entry of
-    its component Gram matrix ``V V^T`` (C, C), summed over lines."""
+    its component Gram matrix ``V V^T`` (C, C), summed over lines.
+
+    Deliberate difference: a line with a single component has no off-diagonal entry and adds 0
+    (the official mean over an empty tensor is NaN).
+    """
     total = torch.zeros((), dtype=lines[0].dtype, device=lines[0].device)
     for ln in lines:
         n_comp, n_size = ln.shape[1], ln.shape[2]
+        if n_comp < 2:
+            continue
         v = ln.reshape(n_comp, n_size)
         dotp = v @ v.T
         off = dotp.reshape(-1)[1:].reshape(n_comp - 1, n_comp + 1)[..., :-1]
