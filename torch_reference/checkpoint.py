@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -76,8 +77,16 @@ def numpy_allowlist() -> list[tuple[Any, str]]:
     ]
 
 
+_REFUSAL_PATTERNS = (
+    re.compile(r"GLOBAL (\S+) was not an allowed global"),
+    re.compile(r"but got <class '([^']+)'>"),
+    re.compile(r"unrecognized function (.+?)(?: which belongs|$)", re.MULTILINE),
+)
+
+
 def _refused_globals(path: Path, message: str) -> list[str]:
-    """The globals of ``path`` outside torch's defaults and our allowlist (best effort)."""
+    """The globals of ``path`` outside torch's defaults and our allowlist (best effort): the GLOBALs
+    the file names, else the class or function the unpickler's message names."""
     allowed = {name for _, name in numpy_allowlist()}
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
@@ -86,10 +95,11 @@ def _refused_globals(path: Path, message: str) -> list[str]:
             return refused
     except Exception:  # noqa: BLE001 - older torch or a non-zip file: fall back to the message
         pass
-    marker = "GLOBAL "
-    if marker in message:
-        return [message.split(marker, 1)[1].split(" ", 1)[0]]
-    return [message.splitlines()[0] if message else "unknown"]
+    for pattern in _REFUSAL_PATTERNS:
+        found = pattern.search(message)
+        if found:
+            return [found.group(1).strip()]
+    return ["(unknown; see torch.load's message)"]
 
 
 def read_checkpoint(path: PathLike, map_location: Union[str, torch.device] = "cpu") -> dict:
@@ -191,28 +201,34 @@ def infer_model_name(state_dict: dict) -> str:
     raise CheckpointError("state_dict has neither 'density_plane.0' nor 'density_line.0'")
 
 
-def load_checkpoint(
-    path: PathLike, device: Union[str, torch.device] = "cpu", model_name: Optional[str] = None
+def model_from_checkpoint(
+    ckpt: dict, device: Union[str, torch.device] = "cpu", model_name: Optional[str] = None, source: str = "checkpoint"
 ) -> TensorBase:
-    """Build the model a ``.th`` file describes (official ``Model(**kwargs); model.load(ckpt)``).
+    """Build the model a checkpoint dict describes (official ``Model(**kwargs); model.load(ckpt)``).
 
     ``model_name`` (``TensorVMSplit`` / ``TensorCP``) defaults to what the state_dict keys imply.
     The global torch RNG is left untouched (construction runs under ``fork_rng``).
     """
-    ckpt = read_checkpoint(path, map_location="cpu")
     try:
         name = model_name or infer_model_name(ckpt["state_dict"])
     except CheckpointError as e:
-        raise CheckpointError(f"{path}: {e}") from None
+        raise CheckpointError(f"{source}: {e}") from None
     cls = model_class(name)
     kwargs = {k: v for k, v in ckpt["kwargs"].items() if k != "device"}
     with torch.random.fork_rng(devices=[]):
         try:
             model = cls(device=device, **kwargs)
         except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{path}: 'kwargs' do not build a {name}: {e}") from None
-    load_into(model, ckpt, source=str(path))
+            raise CheckpointError(f"{source}: 'kwargs' do not build a {name}: {e}") from None
+    load_into(model, ckpt, source=source)
     return model
+
+
+def load_checkpoint(
+    path: PathLike, device: Union[str, torch.device] = "cpu", model_name: Optional[str] = None
+) -> TensorBase:
+    """Read a ``.th`` file safely and build its model (see :func:`model_from_checkpoint`)."""
+    return model_from_checkpoint(read_checkpoint(path, map_location="cpu"), device, model_name, source=str(path))
 
 
 def checkpoint_dict(model: TensorBase, numpy_mask: bool = False, extra: Optional[dict] = None) -> dict:
@@ -265,6 +281,5 @@ def save_checkpoint(model: TensorBase, path: PathLike, numpy_mask: bool = False,
 
 def resume(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[TensorBase, dict]:
     """Model and the ``extra`` training state of a checkpoint written with ``save_checkpoint(extra=...)``."""
-    model = load_checkpoint(path, device)
-    extra = read_checkpoint(path).get(EXTRA_KEY, {})
-    return model, extra
+    ckpt = read_checkpoint(path, map_location="cpu")
+    return model_from_checkpoint(ckpt, device, source=str(path)), dict(ckpt.get(EXTRA_KEY, {}))
