@@ -59,6 +59,53 @@ def _dilate_3d(occ: np.ndarray, margin: int) -> np.ndarray:
     return maximum_filter(occ, size=2 * margin + 1, mode="constant", cval=False)
 
 
+def _carve(split, view_ids, box: np.ndarray, res, thres_u8: int) -> np.ndarray:
+    """Flat indices (into the ``res`` grid) of the voxels that survive every view."""
+    axes = grid_axes(box, res)
+    voxel = (box[1] - box[0]) / (np.asarray(res, dtype=np.float32) - 1)
+    voxel_radius = float(np.linalg.norm(voxel)) / 2.0  # half the voxel diagonal
+    # Flat indices of the voxels still alive, and their centres (float32 to keep memory small).
+    alive = np.arange(int(np.prod(res)), dtype=np.int64)
+    ix, iy, iz = np.unravel_index(alive, res)
+    pts = np.stack([axes[0][ix], axes[1][iy], axes[2][iz]])  # (3, N): contiguous coordinate rows
+    del ix, iy, iz
+    H, W = split.height, split.width
+    f = float(split.focal)
+    stretch = float(np.sqrt(1.0 + (max(split.cx, W - split.cx) ** 2 + max(split.cy, H - split.cy) ** 2) / f**2))
+    for v in view_ids:
+        if alive.size == 0:
+            break
+        c2w = split.c2w[v].astype(np.float64)
+        R, t = c2w[:3, :3], c2w[:3, 3]
+        # world -> camera (OpenCV): R^T (p - t), written out per coordinate (a (N,3) @ (3,3)
+        # matmul is an order of magnitude slower here)
+        A = R.T.astype(np.float32)
+        b = (-R.T @ t).astype(np.float32)
+        x, y, zz = pts
+        z = x * A[2, 0] + y * A[2, 1] + zz * A[2, 2] + b[2]
+        front = z > 1e-6
+        inv_z = np.float32(f) / np.where(front, z, np.float32(1.0))
+        # continuous pixel coordinates (pixel centres at +0.5)
+        u = (x * A[0, 0] + y * A[0, 1] + zz * A[0, 2] + b[0]) * inv_z + np.float32(split.cx)
+        w = (x * A[1, 0] + y * A[1, 1] + zz * A[1, 2] + b[1]) * inv_z + np.float32(split.cy)
+        inside = front & (u >= 0) & (u < W) & (w >= 0) & (w < H)
+        if not inside.any():
+            continue
+        # Projected radius of a voxel: a point within voxel_radius of a centre at depth >= zmin
+        # that projects inside the image moves by at most f * r * sqrt(1 + tan_max^2) / (zmin - r)
+        # pixels; one more pixel covers soft (fractional-alpha) silhouette edges.
+        zmin = float(z[front].min()) - voxel_radius
+        radius_px = int(np.ceil(f * voxel_radius * stretch / max(zmin, 1e-3))) + 1
+        sil = _dilate_2d(split.images[v, ..., 3] >= thres_u8, radius_px).reshape(-1)
+        keep = ~inside
+        idx = np.flatnonzero(inside)
+        keep[idx] = sil[w[idx].astype(np.int64) * W + u[idx].astype(np.int64)]  # floor: both >= 0
+        if not keep.all():
+            alive = alive[keep]
+            pts = pts[:, keep]
+    return alive
+
+
 def carve_visual_hull(
     split,
     aabb,
@@ -93,40 +140,7 @@ def carve_visual_hull(
     if thres_u8 <= 0 or not any(bool((split.images[v, ..., 3] < thres_u8).any()) for v in view_ids):
         return full
 
-    axes = grid_axes(box, res)
-    voxel = (box[1] - box[0]) / (np.asarray(res, dtype=np.float32) - 1)
-    voxel_radius = float(np.linalg.norm(voxel)) / 2.0  # half the voxel diagonal
-    # Flat indices of the voxels still alive, and their centres (float32 to keep memory small).
-    alive = np.arange(int(np.prod(res)), dtype=np.int64)
-    ix, iy, iz = np.unravel_index(alive, res)
-    pts = np.stack([axes[0][ix], axes[1][iy], axes[2][iz]], axis=1)
-    del ix, iy, iz
-    H, W = split.height, split.width
-    f = float(split.focal)
-    for v in view_ids:
-        if alive.size == 0:
-            break
-        c2w = split.c2w[v].astype(np.float64)
-        R, t = c2w[:3, :3], c2w[:3, 3]
-        cam = (pts - t.astype(np.float32)) @ R.astype(np.float32)  # world -> camera (OpenCV)
-        z = cam[:, 2]
-        front = z > 1e-6
-        zs = np.where(front, z, 1.0)
-        u = cam[:, 0] / zs * f + split.cx  # continuous pixel coordinates; centres at +0.5
-        w = cam[:, 1] / zs * f + split.cy
-        col = np.floor(u).astype(np.int64)
-        row = np.floor(w).astype(np.int64)
-        inside = front & (col >= 0) & (col < W) & (row >= 0) & (row < H)
-        if not inside.any():
-            continue
-        zmin = float(z[front].min()) if front.any() else 1.0
-        radius_px = int(np.ceil(f * voxel_radius / max(zmin, 1e-6))) + 1
-        sil = _dilate_2d(split.images[v, ..., 3] >= thres_u8, radius_px)
-        keep = ~inside
-        idx = np.flatnonzero(inside)
-        keep[idx] = sil[row[idx], col[idx]]
-        alive = alive[keep]
-        pts = pts[keep]
+    alive = _carve(split, view_ids, box, res, thres_u8)
 
     occ = np.zeros(res, dtype=bool)
     occ.reshape(-1)[alive] = True
