@@ -271,7 +271,7 @@ class TrainResult:
     model: TensorBase
     optimizer: torch.optim.Optimizer
     history: list[dict] = dataclasses.field(default_factory=list)
-    """One entry per log point: step, mse, psnr, total, lr_grid, n_samples, grid_size."""
+    """One entry per log point: step, mse, psnr, total, lr_grid, l1_weight, n_samples, grid_size."""
     events: list[dict] = dataclasses.field(default_factory=list)
     """Mask updates, shrinks, ray filtering and upsamples, in order."""
 
@@ -413,7 +413,7 @@ def train(
 
         # --- log
         if window and ((iteration + 1) % tc.log_every == 0 or iteration + 1 == total_iters):
-            entry = _log_entry(window, iteration + 1, lr_now, n_samples, model)
+            entry = _log_entry(window, iteration + 1, lr_now, n_samples, model, l1_weight)
             window = []
             result.history.append(entry)
             if on_log is not None:
@@ -470,7 +470,7 @@ def train(
             _save(model, checkpoint_path, steps_done)
 
     if window:
-        entry = _log_entry(window, steps_done, optimizer.param_groups[0]["lr"], n_samples, model)
+        entry = _log_entry(window, steps_done, optimizer.param_groups[0]["lr"], n_samples, model, l1_weight)
         result.history.append(entry)
         if on_log is not None:
             on_log(entry)
@@ -497,7 +497,9 @@ def _save(model: TensorBase, path: str, iteration: int) -> None:
     save_checkpoint(model, path, extra={"iteration": int(iteration)})
 
 
-def _log_entry(window: list[dict[str, Tensor]], step: int, lr: float, n_samples: int, model: TensorBase) -> dict:
+def _log_entry(
+    window: list[dict[str, Tensor]], step: int, lr: float, n_samples: int, model: TensorBase, l1_weight: float
+) -> dict:
     totals = torch.stack([w["total"] for w in window])
     if not bool(torch.isfinite(totals).all()):
         raise TrainingError(f"non-finite loss at step <= {step}")
@@ -508,6 +510,7 @@ def _log_entry(window: list[dict[str, Tensor]], step: int, lr: float, n_samples:
         "psnr": float(-10.0 * math.log10(max(mse, 1e-12))),
         "total": float(totals.mean()),
         "lr_grid": float(lr),
+        "l1_weight": float(l1_weight),
         "n_samples": int(n_samples),
         "grid_size": model.gridSize.tolist(),
     }
