@@ -144,7 +144,7 @@ def area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class SplitData:
     """The views of one split, kept as uint8 images; rays and colours are made on demand.
 
@@ -182,6 +182,12 @@ class SplitData:
         if self.frame_indices.size == 0 and self.n_views:
             self.frame_indices = np.arange(self.n_views, dtype=np.int64)
         self._dirs_cam: Optional[np.ndarray] = None
+
+    def __repr__(self) -> str:
+        return (
+            f"SplitData(name={self.name!r}, views={self.n_views}, size={self.width}x{self.height}, "
+            f"focal={self.focal:.3f}, downsample={self.downsample}, composited={self.composited})"
+        )
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -277,7 +283,7 @@ class SplitData:
         return o, d, self.rgb_at(flat_idx)
 
 
-@dataclass
+@dataclass(eq=False, repr=False)
 class BlenderDataset:
     """The loaded splits of one Blender-format dataset, with the scene bounds."""
 
@@ -289,6 +295,12 @@ class BlenderDataset:
     """``(2,)`` float32 near and far distances along rays."""
     white_bg: bool = True
     downsample: int = 1
+
+    def __repr__(self) -> str:
+        return (
+            f"BlenderDataset(root={str(self.root)!r}, splits={list(self.splits.values())}, "
+            f"aabb={self.aabb.tolist()}, near_far={self.near_far.tolist()}, white_bg={self.white_bg})"
+        )
 
     def __getitem__(self, name: str) -> SplitData:
         try:
@@ -746,7 +758,9 @@ class BatchSampler:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue bit-identically: plain ints and, when restricted, the pool
-        as a packed bit mask over ``[0, universe)`` (a uint8 array of ``ceil(universe / 8)`` bytes)."""
+        as a packed bit mask over ``[0, universe)`` (``pool_bits``, a uint8 numpy array of
+        ``ceil(universe / 8)`` bytes; None while unrestricted, so an unrestricted state is
+        JSON-serialisable as it is)."""
         state: dict[str, Any] = {
             "version": 1,
             "seed": self.seed,

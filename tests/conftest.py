@@ -3,6 +3,8 @@
 * ``repo_root``: the project's root folder.
 * ``shared_data``: ``../shared/data`` relative to the repo root (skips when absent).
 * ``lego_dir``: ``shared_data / "nerf_synthetic_half/lego"`` (400x400 RGBA; skips when absent).
+* ``lego_small``: lego loaded at 100x100 (downsample 4, area-averaged): the first 10 train views
+  and the first 2 test views (skips when absent).
 * ``small_scene``: a session-wide procedural scene (32x32, 8 train / 4 val / 4 test views, seed 0)
   rendered once into a temporary folder; ``small_dataset`` is it loaded (train, val, test).
 
@@ -41,6 +43,14 @@ def lego_dir(shared_data: Path) -> Path:
     if not (p / "transforms_train.json").is_file():
         pytest.skip(f"lego dataset {p} is absent")
     return p
+
+
+@pytest.fixture(scope="session")
+def lego_small(lego_dir: Path):
+    """Lego at 100x100 (downsample 4): train views 0-9 and test views 0-1 (a BlenderDataset)."""
+    from tensorf_common.data import load_blender
+
+    return load_blender(lego_dir, splits=("train", "test"), downsample=4, max_views={"train": 10, "test": 2})
 
 
 @pytest.fixture(scope="session")

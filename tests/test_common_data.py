@@ -507,3 +507,10 @@ def test_resolve_data_dir_generates_the_scene_once(tmp_path, monkeypatch):
 def test_cache_root_default(monkeypatch):
     monkeypatch.delenv("TENSORF_BENCH_CACHE", raising=False)
     assert scene_cache_dir().parent == Path(os.path.expanduser("~")) / ".cache" / "tensorf-bench"
+
+
+def test_fixtures_and_repr(lego_small, small_dataset):
+    assert lego_small["train"].n_views == 10 and lego_small["test"].n_views == 2
+    assert (lego_small["train"].width, lego_small["train"].height) == (100, 100)
+    r = repr(small_dataset)
+    assert "BlenderDataset(" in r and "views=8" in r and "32x32" in r and len(r) < 1000

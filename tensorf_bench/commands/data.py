@@ -83,6 +83,13 @@ class Inspect:
 
         if self.carve_resolution == 1 or self.carve_resolution < 0:
             raise DatasetError(f"--carve-resolution: must be 0 (skip) or >= 2, got {self.carve_resolution}")
+        if self.data is None:
+            from tensorf_common.data import scene_cache_dir
+            from tensorf_common.scene import SCENE_MARKER
+
+            cached = scene_cache_dir()
+            if not (cached / SCENE_MARKER).is_file():
+                print(f"rendering the built-in procedural scene into {cached} (once; about a minute)", flush=True)
         root = resolve_data_dir(self.data)
         t0 = time.perf_counter()
         ds = load_blender(root, splits=self.splits, downsample=self.downsample)
