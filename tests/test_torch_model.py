@@ -233,3 +233,12 @@ def test_regularizer_methods():
     with torch.no_grad():
         assert float(m.TV_loss_density()) > 0 and float(m.TV_loss_app()) > 0
         assert bool(torch.isfinite(m.vector_comp_diffs()))  # app line 2 has a single component
+
+
+def test_ndc_forward_runs():
+    m = _vm((8, 8, 8))
+    rays = torch.cat([torch.zeros(4, 3), torch.tensor([[0.0, 0.0, 1.0]]).expand(4, 3) * 2.0], -1)
+    rgb, depth = m(rays, white_bg=True, ndc_ray=True, N_samples=16)
+    assert rgb.shape == (4, 3) and depth.shape == (4,)
+    out = m.render(rays, white_bg=True, is_train=True, ndc_ray=True, N_samples=16, jitter=torch.full((16,), 0.5))
+    assert out["z_vals"].shape == (4, 16)

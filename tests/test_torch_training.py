@@ -195,3 +195,16 @@ def test_unsupported_options_are_config_errors(rays):
         train(FIELD, RenderConfig(), _tc(minutes=1.0), rays, aabb=AABB, near_far=NEAR_FAR)
     with pytest.raises(ConfigError, match="precision"):
         train(FIELD, RenderConfig(), _tc(precision="bf16"), rays, aabb=AABB, near_far=NEAR_FAR)
+
+
+def test_resize_mode_keeps_adam_moments_through_the_upsample(rays):
+    tc = _tc(upsample_at=(2,), n_iters=4, optimizer_on_upsample="resize")
+    res = train(FIELD, RenderConfig(), tc, rays, aabb=AABB, near_far=NEAR_FAR)
+    opt, m = res.optimizer, res.model
+    assert m.gridSize.tolist() == [10, 10, 10]
+    for group in opt.param_groups[:4]:
+        for p in group["params"]:
+            st = opt.state[p]
+            assert st["exp_avg"].shape == p.shape and st["exp_avg_sq"].shape == p.shape
+            assert int(st["step"]) == 4  # moments carried over, not restarted
+    assert math.isclose(res.history[3]["lr_grid"], 0.05)  # the LR is still reset

@@ -85,8 +85,8 @@ def build_alpha_mask(alpha_xyz: Tensor, aabb, thres: float) -> tuple[Tensor, Opt
 
 
 def query_alpha_mask(mask: Tensor, mask_aabb, xyz: Tensor) -> Tensor:
-    """Whether points (..., 3) are inside the mask (Z, Y, X): trilinear lookup ``> 0`` (official
-    ``sample_alpha``; points outside the mask box read zero)."""
+    """Whether points (..., 3) are inside the mask (Z, Y, X) (bool or 0/1 float): trilinear lookup
+    ``> 0`` (official ``sample_alpha``; points outside the mask box read zero)."""
     vol = mask.to(dtype=xyz.dtype).view(1, 1, *mask.shape[-3:])
     box = torch.as_tensor(mask_aabb, dtype=xyz.dtype, device=xyz.device).reshape(2, 3)
     inv = 1.0 / (box[1] - box[0]) * 2

@@ -237,7 +237,7 @@ class TensorBase(nn.Module):
             white_bg=white_bg,
             is_train=is_train,
             jitter=jitter,
-            alpha_mask=None if mask is None else mask.mask.to(rays_chunk.device),
+            alpha_mask=None if mask is None else mask.alpha_volume[0, 0].to(rays_chunk.device),
             mask_aabb=None if mask is None else mask.aabb.to(rays_chunk.device),
             ndc_ray=ndc_ray,
             appearance=self.appearance,
