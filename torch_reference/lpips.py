@@ -8,14 +8,16 @@ difference, 1x1 linear layer without bias, spatial mean -> sum over stages.
 
 Layout: NCHW activations and OIHW kernels (torch's own); the numpy weights (HWIO) from
 :mod:`tensorf_common.lpips_weights` are transposed once at construction. TF32 is not used for the
-convolutions (``torch.backends`` flags are left alone; CPUs compute float32).
+convolutions: on CUDA, cuDNN's TF32 (on by default in torch) is switched off for the duration of
+each call and restored after it; CPUs compute float32 anyway.
 
 Both images of a pair go through the trunk as one batch.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence, Union
+from contextlib import contextmanager
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -37,6 +39,20 @@ from tensorf_common.lpips_weights import (
     find_lpips_weights,
     load_lpips_weights,
 )
+
+
+@contextmanager
+def _full_fp32(device: torch.device) -> Iterator[None]:
+    """No TF32 in cuDNN convolutions while inside (a no-op off CUDA); the previous flag is restored."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
 
 
 class LPIPSNet(nn.Module):
@@ -123,7 +139,7 @@ class LPIPS:
         """Distances (N,) of two (N, H, W, 3) batches of images in [0, 1] (numpy or torch)."""
         a, b = self._tensor(imgs0), self._tensor(imgs1)
         check_lpips_input(self.net, tuple(a.shape), tuple(b.shape), ndim=4)
-        with torch.inference_mode():
+        with torch.inference_mode(), _full_fp32(self.device):
             d = self.module(a.permute(0, 3, 1, 2), b.permute(0, 3, 1, 2))
         return d.cpu().numpy()
 
@@ -131,7 +147,7 @@ class LPIPS:
         """Distance of two (H, W, 3) images in [0, 1] (numpy or torch)."""
         a, b = self._tensor(img0), self._tensor(img1)
         check_lpips_input(self.net, tuple(a.shape), tuple(b.shape), ndim=3)
-        with torch.inference_mode():
+        with torch.inference_mode(), _full_fp32(self.device):
             d = self.module(a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None])
         return float(d[0])
 
