@@ -38,7 +38,6 @@ from tensorf_common.geometry import n_to_reso, train_n_samples
 
 from . import fields
 from .model import TensorBase, TensorCP, TensorVMSplit
-from .sampling import ray_aabb_hit
 
 # ---------------------------------------------------------------------------------------------
 # Learning rates and the optimizer
