@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import tyro
 
@@ -21,9 +21,9 @@ class Metrics:
     ``lpips_<net>_reason`` key says why.
     """
 
-    a: tyro.conf.Positional[Path]
+    a: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="A")]]
     """First image (e.g. the ground truth)."""
-    b: tyro.conf.Positional[Path]
+    b: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="B")]]
     """Second image (e.g. the render); must have the same size."""
     backend: Literal["jax", "torch"] = "jax"
     """Framework that computes LPIPS (both give the same numbers to 1e-5)."""
