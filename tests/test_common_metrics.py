@@ -3,7 +3,9 @@
 SSIM is checked three ways: against scikit-image 0.26 (``gaussian_weights=True, sigma=1.5,
 use_sample_covariance=False, data_range=1``) on the interior, where skimage's reflect-padded map
 and the valid map cover the same windows (measured agreement: max |diff| of the maps 4.1e-15, of
-the means 0.0, on random 48x40x3 pairs); against a brute-force windowed SSIM written here from the
+the means 0.0, on random 48x40x3 pairs; on 400x400 lego test views vs blurred copies and vs the
+next view, where flat white background clips variances, 1.8e-11 on the maps and 5.3e-14 on the
+means); against a brute-force windowed SSIM written here from the
 definition; and against closed-form values.
 """
 
