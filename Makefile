@@ -20,7 +20,7 @@ report: $(STAMP)
 	$(BIN)/tensorf-bench inspect
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider --benchmark-disable
+	$(BIN)/python -m tensorf_common.runtime $(BIN)/python -m pytest -q -p no:cacheprovider --benchmark-disable
 
 clean:
 	rm -rf $(VENV) build *.egg-info

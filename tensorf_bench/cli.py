@@ -65,6 +65,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from tensorf_common.errors import USER_ERRORS
 
+    if argv is None:  # a real process start: run under the suite's allocator (tensorf_common.runtime)
+        from tensorf_common.runtime import reexec_with_allocator
+
+        reexec_with_allocator([sys.executable, "-m", "tensorf_bench.cli", *sys.argv[1:]])
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())

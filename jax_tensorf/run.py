@@ -1,0 +1,136 @@
+"""One training run end to end: load data, train (or resume), checkpoint, evaluate, summarise.
+
+Used by ``tensorf-bench train`` and by the report runner. Everything a reader needs to trust the
+numbers goes into ``RUN_DIR/run.json``: the config, the machine, the PSNR curve over wall-clock,
+throughput, compile times, schedule events, peak memory and the evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from tensorf_common.config import ExperimentConfig
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def write_json(path: Path, obj) -> Path:
+    """Write JSON atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def eval_views(split, cfg: ExperimentConfig) -> list[int]:
+    """The views evaluated: every one of the (already strided/limited) loaded test split."""
+    return list(range(split.n_views))
+
+
+def train_run(
+    cfg: ExperimentConfig,
+    data_dir,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    evaluate: bool = True,
+    lpips: bool = True,
+    progress: bool = False,
+    log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+    dtype=None,
+    on_log=None,
+) -> dict:
+    """Train a JAX TensoRF and evaluate it on the test split. Returns the summary written to
+    ``out_dir/run.json``."""
+    from tensorf_common.data import load_from_config
+
+    from .checkpoint import load_trainer, save_model
+    from .evaluation import evaluate_split
+    from .training import Trainer
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_load = time.perf_counter()
+    splits = ("train", "test") if evaluate else ("train",)
+    dataset = load_from_config(data_dir, cfg.data, splits)
+    load_seconds = time.perf_counter() - t_load
+    ckpt = out_dir / "checkpoint.npz"
+    if resume and ckpt.exists():
+        trainer = load_trainer(ckpt, dataset, out_dir=out_dir, log=log, progress=progress, dtype=dtype)
+        cfg = trainer.cfg
+        log(f"resumed {ckpt} at step {trainer.sched.step} ({trainer.sched.elapsed:.1f} s trained)")
+    else:
+        trainer = Trainer(cfg, dataset, out_dir=out_dir, log=log, progress=progress, dtype=dtype)
+    trainer.run(on_log=on_log)
+    trainer.save_checkpoint(ckpt)
+    save_model(trainer.model, out_dir / "model.npz", cfg)
+
+    summary = {
+        "framework": "jax",
+        "data": str(data_dir),
+        "config": cfg.to_dict(),
+        "steps": trainer.sched.step,
+        "train_seconds": round(trainer.sched.elapsed, 3),
+        "load_seconds": round(load_seconds, 3),
+        "setup_seconds": round(trainer.setup_seconds, 3),
+        "grid_size": trainer.model.grid_size,
+        "aabb": trainer.model.aabb.tolist(),
+        "compiles": trainer.compiles,
+        "events": trainer.events,
+        "history": [dataclasses.asdict(p) for p in trainer.history],
+        "rays_per_s": _steady_rays_per_s(trainer),
+    }
+    if evaluate:
+        test = dataset["test"]
+        results, render_s = evaluate_split(
+            trainer.model, test, out_dir / "eval", eval_views(test, cfg), lpips=lpips
+        )
+        summary["eval"] = results.to_json_dict()
+        summary["eval_render_seconds"] = round(render_s, 3)
+    summary["peak_rss_bytes"] = peak_rss_bytes()
+    write_json(out_dir / "run.json", summary)
+    return summary
+
+
+def _steady_rays_per_s(trainer) -> Optional[float]:
+    """Training rays per second over the whole run, compilation excluded (steps x batch over the
+    trained seconds minus compile seconds)."""
+    s = trainer.sched
+    compile_s = sum(c["seconds"] for c in trainer.compiles)
+    busy = s.elapsed - compile_s - trainer.setup_seconds
+    if s.step == 0 or busy <= 0:
+        return None
+    return round(s.step * trainer.tc.batch_size / busy, 1)
