@@ -26,6 +26,7 @@ from . import fields
 from .appearance import apply_render, init_render_params
 from .rendering import RenderOptions, render_rays
 from .sampling import normalize_coord
+from .xla import xla_options
 
 
 @flax.struct.dataclass
@@ -116,6 +117,19 @@ def render(params, state: FieldState, rays_o, rays_d, jitter=None, key=None, *, 
     )
 
 
+@functools.lru_cache(maxsize=None)
+def _valid_count_fn(near: float, far: float, n_samples: int):
+    from .sampling import sample_ray
+
+    @jax.jit
+    def fn(state, o, d):
+        _, xyz, valid = sample_ray(o, d, state.aabb, near, far, state.step_size, n_samples, None)
+        valid = valid & am.query_alpha_mask(state.mask, state.mask_aabb, xyz)
+        return jnp.sum(valid)
+
+    return fn
+
+
 def _round_up(n: int, multiple: int) -> int:
     return int(-(-n // multiple) * multiple)
 
@@ -131,6 +145,7 @@ class TensoRF:
     near_far: tuple[float, float]
     white_bg: bool = True
     mask_grid_size: Optional[list[int]] = None  # resolution of the current alpha mask, None = no mask
+    _compiled_renders: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -182,6 +197,7 @@ class TensoRF:
         sample_capacity: Optional[int] = None,
         app_capacity: Optional[int] = None,
         want_depth: bool = False,
+        appearance: Optional[str] = None,
     ) -> RenderOptions:
         rc = self.render_cfg
         return RenderOptions(
@@ -190,7 +206,7 @@ class TensoRF:
             far=self.near_far[1],
             white_bg=self.white_bg,
             distance_scale=self.field_cfg.distance_scale,
-            appearance=rc.appearance,
+            appearance=appearance or rc.appearance,
             weight_thres=rc.ray_march_weight_thres,
             topk=rc.topk,
             sample_capacity=sample_capacity,
@@ -200,18 +216,23 @@ class TensoRF:
         )
 
     def render(self, rays_o, rays_d, opts: RenderOptions, jitter=None, key=None, dtype=None):
-        return render(
-            self.params,
-            self.state,
-            jnp.asarray(rays_o),
-            jnp.asarray(rays_d),
-            jitter,
-            key,
-            cfg=self.field_cfg,
-            opts=opts,
-            variant=self.render_cfg.vmap_variant,
-            dtype=dtype,
+        """Render rays with the current parameters; compiled ahead of time per static
+        configuration with the ``eval`` XLA options (:mod:`jax_tensorf.xla`)."""
+        args = (self.params, self.state, jnp.asarray(rays_o), jnp.asarray(rays_d), jitter, key)
+        sig = (
+            opts,
+            dtype,
+            self.render_cfg.vmap_variant,
+            jax.tree_util.tree_structure(args),
+            tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(args)),
         )
+        compiled = self._compiled_renders.get(sig)
+        if compiled is None:
+            compiled = render.lower(
+                *args, cfg=self.field_cfg, opts=opts, variant=self.render_cfg.vmap_variant, dtype=dtype
+            ).compile(compiler_options=xla_options("eval"))
+            self._compiled_renders[sig] = compiled
+        return compiled(*args)
 
     def render_chunks(
         self,
@@ -221,17 +242,20 @@ class TensoRF:
         chunk: Optional[int] = None,
         n_samples: Optional[int] = None,
         want_depth: bool = True,
-        packed: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Evaluation render of many rays (no jitter), in fixed-size chunks (the last one padded so
-        that one compilation serves all). With ``packed``, valid samples are compacted to a capacity
-        sized from the first chunk; a chunk that overflows is re-rendered unpacked, so the result
-        always equals the unpacked render."""
+        """Evaluation render of many rays (no jitter) in fixed-size chunks, the last one padded so
+        that one compilation serves all.
+
+        Appearance follows ``render_cfg.eval_appearance`` (default: the official ``weight > 1e-4``
+        threshold). Valid samples and appearance samples are compacted to capacities sized from the
+        first chunk; a chunk that overflows either is rendered again with that capacity doubled,
+        so the result always equals the uncompacted render.
+        """
         chunk = int(chunk or self.render_cfg.chunk)
         n = int(n_samples or self.render_cfg.n_samples_eval or self.n_samples)
         total = rays_o.shape[0]
-        full = self.render_options(n, train=False, want_depth=want_depth)
-        opts = full
+        strategy = self.render_cfg.eval_appearance
+        caps: Optional[tuple[int, Optional[int]]] = None
         outs: dict[str, list] = {"rgb": [], "depth": [], "acc": []}
         for start in range(0, total, chunk):
             o = rays_o[start : start + chunk]
@@ -240,20 +264,36 @@ class TensoRF:
             if m < chunk:
                 o = np.concatenate([o, np.repeat(o[-1:], chunk - m, 0)])
                 d = np.concatenate([d, np.repeat(d[-1:], chunk - m, 0)])
-            if packed and opts is full:
-                probe = self.render(o, d, full)
-                valid = int(probe["stats"]["valid_samples"])
-                cap = min(chunk * n, max(4096, _round_up(int(valid * 1.5) + 1, 4096)))
-                opts = self.render_options(n, train=False, want_depth=want_depth, sample_capacity=cap)
-                out = probe
-            else:
+            if caps is None:
+                valid = self.count_valid_samples(o, d, n)
+                cap_s = min(chunk * n, max(4096, _round_up(int(valid * 1.25) + 1, 4096)))
+                cap_a = min(cap_s, 16 * chunk) if strategy == "threshold" else None
+                caps = (cap_s, cap_a)
+            while True:
+                opts = self.render_options(
+                    n, train=False, want_depth=want_depth, sample_capacity=caps[0], app_capacity=caps[1],
+                    appearance=strategy,
+                )
                 out = self.render(o, d, opts)
-                if opts is not full and int(out["stats"]["sample_overflow"]) > 0:
-                    out = self.render(o, d, full)
+                over_s = int(out["stats"]["sample_overflow"]) > 0
+                over_a = int(out["stats"]["app_overflow"]) > 0
+                if not (over_s or over_a):
+                    break
+                caps = (
+                    min(chunk * n, caps[0] * 2) if over_s else caps[0],
+                    min(caps[0], caps[1] * 2) if over_a and caps[1] is not None else caps[1],
+                )
+                if over_a and caps[1] is not None and caps[1] >= caps[0]:
+                    caps = (caps[0], caps[0])
             for k in outs:
                 if k in out:
                     outs[k].append(np.asarray(out[k][:m]))
         return {k: np.concatenate(v) for k, v in outs.items() if v}
+
+    def count_valid_samples(self, rays_o, rays_d, n_samples: int) -> int:
+        """Samples of these rays (no jitter) inside the box and the mask: sizes capacities."""
+        fn = _valid_count_fn(self.near_far[0], self.near_far[1], int(n_samples))
+        return int(fn(self.state, jnp.asarray(rays_o), jnp.asarray(rays_d)))
 
     # ------------------------------------------------------------------ schedule operations
     def upsample(self, reso: Sequence[int]) -> None:

@@ -121,6 +121,9 @@ class RenderConfig:
     app_capacity: Optional[float] = None
     """threshold only: compact the selected samples to this fraction of all samples of the batch
     (fixed shape, fewer appearance evaluations; overflow is counted). None = mask in place."""
+    eval_appearance: AppearanceStrategy = "threshold"
+    """Appearance strategy when rendering whole views for evaluation (official: threshold), so that
+    models trained with different strategies are evaluated by the same renderer."""
     sample_capacity: Optional[float] = None
     """Compact the valid samples (inside the box and the alpha mask) to this fraction of all samples
     of the batch before the density lookup (overflow is counted). None = evaluate every sample."""
@@ -142,6 +145,10 @@ class RenderConfig:
             v = getattr(self, name)
             _require(v is None or 0 < v <= 1, f"render.{name}: expected a fraction in (0, 1] or None, got {v}")
         _require(self.chunk > 0, f"render.chunk: must be positive, got {self.chunk}")
+        _require(
+            self.eval_appearance in ("all", "threshold", "topk"),
+            f"render.eval_appearance: expected all, threshold or topk, got {self.eval_appearance!r}",
+        )
         _require(
             self.app_capacity is None or self.appearance == "threshold",
             f"render.app_capacity: only applies to appearance='threshold', not {self.appearance!r}",

@@ -102,17 +102,17 @@ def _checkpoint_path(run: Optional[Path], ckpt: Optional[Path]) -> Path:
         return Path(ckpt)
     if run is not None:
         return Path(run) / "model.npz"
-    raise ConfigError("give --run RUN_DIR or --ckpt FILE")
+    raise ConfigError("give --run-dir RUN_DIR or --ckpt FILE")
 
 
 @dataclass
 class Eval:
     """Evaluate a trained JAX model on a split: PSNR / SSIM / LPIPS per view and mean, with renders."""
 
-    run: Optional[Path] = None
+    run_dir: Optional[Path] = None
     """Run folder written by `train` (reads RUN_DIR/model.npz)."""
     ckpt: Optional[Path] = None
-    """A model or training checkpoint (.npz) instead of --run."""
+    """A model or training checkpoint (.npz) instead of --run-dir."""
     data: Optional[str] = None
     """Dataset folder; default: the run's dataset, else the built-in procedural scene."""
     split: str = "test"
@@ -133,11 +133,11 @@ class Eval:
 
         from jax_tensorf.evaluation import evaluate_split
 
-        path = _checkpoint_path(self.run, self.ckpt)
+        path = _checkpoint_path(self.run_dir, self.ckpt)
         model, cfg = _load_model(path)
         data = self.data
-        if data is None and self.run is not None and (Path(self.run) / "run.json").exists():
-            data = json.loads((Path(self.run) / "run.json").read_text()).get("data")
+        if data is None and self.run_dir is not None and (Path(self.run_dir) / "run.json").exists():
+            data = json.loads((Path(self.run_dir) / "run.json").read_text()).get("data")
         data_dir = resolve_data_dir(data)
         ds = load_blender(
             data_dir,
@@ -162,10 +162,10 @@ class Eval:
 class Render:
     """Render RGB and depth PNGs of chosen views of a split, or an orbit GIF around the scene."""
 
-    run: Optional[Path] = None
+    run_dir: Optional[Path] = None
     """Run folder written by `train` (reads RUN_DIR/model.npz)."""
     ckpt: Optional[Path] = None
-    """A model or training checkpoint (.npz) instead of --run."""
+    """A model or training checkpoint (.npz) instead of --run-dir."""
     data: Optional[str] = None
     """Dataset folder (for cameras); default: the run's dataset, else the built-in procedural scene."""
     split: str = "test"
@@ -187,11 +187,11 @@ class Render:
 
         from jax_tensorf.evaluation import depth_to_u8, render_view
 
-        path = _checkpoint_path(self.run, self.ckpt)
+        path = _checkpoint_path(self.run_dir, self.ckpt)
         model, cfg = _load_model(path)
         data = self.data
-        if data is None and self.run is not None and (Path(self.run) / "run.json").exists():
-            data = json.loads((Path(self.run) / "run.json").read_text()).get("data")
+        if data is None and self.run_dir is not None and (Path(self.run_dir) / "run.json").exists():
+            data = json.loads((Path(self.run_dir) / "run.json").read_text()).get("data")
         ds = load_blender(resolve_data_dir(data), splits=(self.split,), downsample=cfg.data.downsample)
         split = ds[self.split]
         out = Path(self.out or path.parent / "render")
