@@ -106,6 +106,54 @@ def to_jax(torch_model, render_cfg=None, white_bg: bool = True):
     return torch_model_to_jax(torch_model, render_cfg, white_bg)
 
 
+def add_density_blob(torch_model, amplitude: float = 4.0, width: float = 0.45) -> None:
+    """Put a smooth blob of density in the middle of a torch model's box (in place), over its random
+    init: component 0 of every density pair becomes ``bump(u) bump(v)`` (planes) and ``bump(t)``
+    (lines), ``bump(s) = exp(-(s / width)^2)`` in normalised coordinates, so the density feature gains
+    ``3 * amplitude * bump(x) bump(y) bump(z)`` (VM; CP gains ``amplitude * ...``). With the official
+    shift (-10) the box faces stay empty, as in a trained scene, and the alpha mask is a proper subset."""
+    import torch
+
+    grid = torch_model.gridSize.tolist()
+
+    def bump(n: int) -> "torch.Tensor":
+        s = torch.linspace(-1, 1, n)
+        return torch.exp(-((s / width) ** 2))
+
+    with torch.no_grad():
+        if hasattr(torch_model, "density_plane"):
+            for k in range(3):
+                a, b = MAT_MODE[k]
+                plane = torch_model.density_plane[k]
+                plane[0, 0] = amplitude * bump(grid[b])[:, None] * bump(grid[a])[None, :]
+                torch_model.density_line[k][0, 0, :, 0] = bump(grid[VEC_MODE[k]])
+        else:
+            for k in range(3):
+                scale = amplitude ** (1 / 3)
+                torch_model.density_line[k][0, 0, :, 0] = scale * bump(grid[VEC_MODE[k]])
+
+
+MAT_MODE = ((0, 1), (0, 2), (1, 2))
+VEC_MODE = (2, 1, 0)
+
+
+def _blob_pair(
+    model: str = "VM",
+    shading: str = "MLP_Fea",
+    render_cfg=None,
+    grid: Sequence[int] = GRID,
+    seed: int = 0,
+    width: float = 0.45,
+    **field_kw: Any,
+) -> tuple[Any, Any]:
+    """(torch, JAX) twins with the official density shift and a density blob (:func:`add_density_blob`)."""
+    field_kw.setdefault("density_shift", -10.0)
+    cfg = field_config(model, shading, **field_kw)
+    tm = build_torch(cfg, render_cfg, grid, seed=seed)
+    add_density_blob(tm, amplitude=4.0 if model == "VM" else 12.0, width=width)
+    return tm, to_jax(tm, render_cfg)
+
+
 def _make_pair(
     model: str = "VM", shading: str = "MLP_Fea", render_cfg=None, grid: Sequence[int] = GRID, seed: int = 0, **field_kw: Any
 ) -> tuple[Any, Any]:
@@ -185,6 +233,7 @@ def twins() -> SimpleNamespace:
         build_torch=build_torch,
         to_jax=to_jax,
         make_pair=_make_pair,
+        blob_pair=_blob_pair,
         points=points,
         edge_points=edge_points,
         to_world=to_world,
