@@ -130,8 +130,16 @@ def _valid_count_fn(near: float, far: float, n_samples: int):
     return fn
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return int(-(-n // multiple) * multiple)
+def _bucket(n: float, limit: int) -> int:
+    """Round a capacity up to the next of a few sizes per octave (multiples of 1024), so that
+    capacities sized from probes rarely change the compiled shape; at most ``limit``."""
+    n = max(1024.0, float(n))
+    e = np.floor(np.log2(n))
+    for frac in (1.0, 1.25, 1.5, 1.75, 2.0):
+        size = int(np.ceil(2.0**e * frac / 1024.0) * 1024)
+        if size >= n:
+            return int(min(size, limit))
+    return int(limit)  # pragma: no cover
 
 
 @dataclasses.dataclass
@@ -146,6 +154,7 @@ class TensoRF:
     white_bg: bool = True
     mask_grid_size: Optional[list[int]] = None  # resolution of the current alpha mask, None = no mask
     _compiled_renders: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    _eval_caps: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -247,15 +256,22 @@ class TensoRF:
         that one compilation serves all.
 
         Appearance follows ``render_cfg.eval_appearance`` (default: the official ``weight > 1e-4``
-        threshold). Valid samples and appearance samples are compacted to capacities sized from the
-        first chunk; a chunk that overflows either is rendered again with that capacity doubled,
-        so the result always equals the uncompacted render.
+        threshold). The rays are rendered in a fixed pseudo-random order (then put back), so every
+        chunk holds a similar share of empty space; valid samples and appearance samples are then
+        compacted to capacities sized from a probe of the rays, and a chunk that overflows either
+        capacity is rendered again with it doubled. The result always equals the uncompacted render.
         """
         chunk = int(chunk or self.render_cfg.chunk)
         n = int(n_samples or self.render_cfg.n_samples_eval or self.n_samples)
         total = rays_o.shape[0]
         strategy = self.render_cfg.eval_appearance
-        caps: Optional[tuple[int, Optional[int]]] = None
+        order = np.random.default_rng(0).permutation(total)
+        rays_o, rays_d = rays_o[order], rays_d[order]
+        probe = rays_o[: min(total, chunk)], rays_d[: min(total, chunk)]
+        valid = self.count_valid_samples(*probe, n) * chunk / max(1, probe[0].shape[0])
+        cap_s = _bucket(valid * 1.3 + 1024, chunk * n)
+        cap_a = min(cap_s, _bucket(8 * chunk, chunk * n)) if strategy == "threshold" else None
+        caps = self._eval_caps.get((chunk, n), (cap_s, cap_a))
         outs: dict[str, list] = {"rgb": [], "depth": [], "acc": []}
         for start in range(0, total, chunk):
             o = rays_o[start : start + chunk]
@@ -264,11 +280,6 @@ class TensoRF:
             if m < chunk:
                 o = np.concatenate([o, np.repeat(o[-1:], chunk - m, 0)])
                 d = np.concatenate([d, np.repeat(d[-1:], chunk - m, 0)])
-            if caps is None:
-                valid = self.count_valid_samples(o, d, n)
-                cap_s = min(chunk * n, max(4096, _round_up(int(valid * 1.25) + 1, 4096)))
-                cap_a = min(cap_s, 16 * chunk) if strategy == "threshold" else None
-                caps = (cap_s, cap_a)
             while True:
                 opts = self.render_options(
                     n, train=False, want_depth=want_depth, sample_capacity=caps[0], app_capacity=caps[1],
@@ -276,19 +287,19 @@ class TensoRF:
                 )
                 out = self.render(o, d, opts)
                 over_s = int(out["stats"]["sample_overflow"]) > 0
-                over_a = int(out["stats"]["app_overflow"]) > 0
+                over_a = caps[1] is not None and int(out["stats"]["app_overflow"]) > 0
                 if not (over_s or over_a):
                     break
-                caps = (
-                    min(chunk * n, caps[0] * 2) if over_s else caps[0],
-                    min(caps[0], caps[1] * 2) if over_a and caps[1] is not None else caps[1],
-                )
-                if over_a and caps[1] is not None and caps[1] >= caps[0]:
-                    caps = (caps[0], caps[0])
+                cap_s = _bucket(caps[0] * 2, chunk * n) if over_s else caps[0]
+                cap_a = min(cap_s, _bucket(caps[1] * 2, chunk * n)) if caps[1] is not None else None
+                caps = (cap_s, cap_a)
             for k in outs:
                 if k in out:
                     outs[k].append(np.asarray(out[k][:m]))
-        return {k: np.concatenate(v) for k, v in outs.items() if v}
+        self._eval_caps[(chunk, n)] = caps
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(total)
+        return {k: np.concatenate(v)[inverse] for k, v in outs.items() if v}
 
     def count_valid_samples(self, rays_o, rays_d, n_samples: int) -> int:
         """Samples of these rays (no jitter) inside the box and the mask: sizes capacities."""

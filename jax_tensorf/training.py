@@ -468,7 +468,7 @@ class Trainer:
             event.update(shrunk_aabb=m.aabb.tolist(), grid_size=m.grid_size)
         if first:
             s.l1_weight = tc.l1_weight_rest
-        if s.mask_done == 1 and tc.ray_filter and new_aabb is not None:
+        if s.mask_done == 1 and tc.ray_filter and tc.ray_filter_mask and new_aabb is not None:
             keep = self._filter_rays_by_mask()
             if keep.size:
                 self.sampler.restrict(keep)

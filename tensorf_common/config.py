@@ -212,6 +212,9 @@ class TrainConfig:
     """With box='carve': also use the visual hull as the alpha mask until the first mask update."""
     ray_filter: bool = True
     """Drop training rays that miss the box (at start) and the alpha mask (at the second update)."""
+    ray_filter_mask: bool = True
+    """With ray_filter: also drop, at the second alpha-mask update, the rays that miss the mask
+    (official; it marches every training ray, which costs tens of seconds on a CPU)."""
     seed: int = 20211202
     """Seed of the initialisation, the batch order and the jitter (official value)."""
     log_every: int = 100
