@@ -221,6 +221,40 @@ def tnp(x: Any) -> np.ndarray:
     return compare.as_numpy(x)
 
 
+def precision_kwargs(fn: Any, name: str = "fp32") -> dict:
+    """The keyword that selects compute precision in a JAX entry point (``train_step``, ``loss_terms``,
+    ``TensoRF.render``): ``policy=`` (a :mod:`jax_tensorf.precision` policy) where the function takes
+    one, else the older ``dtype=`` (None for fp32). The JAX side is moving from one to the other;
+    this keeps the parity tests on whichever is checked out."""
+    import inspect
+
+    target = getattr(fn, "__wrapped__", fn)
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a compiled object without a signature
+        params = {}
+    if "policy" in params:
+        if name == "fp32":
+            return {}
+        from jax_tensorf.precision import policy
+
+        return {"policy": policy(name)}
+    import jax.numpy as jnp
+
+    return {"dtype": {"fp32": None, "bf16": jnp.bfloat16, "fp16": jnp.float16}[name]}
+
+
+@pytest.fixture(scope="session")
+def parity_scene(tmp_path_factory: pytest.TempPathFactory):
+    """The procedural scene at 32x32 (8 train views = 8192 rays, 4 test views), loaded; rendered once
+    per session (the same options as ``tests/conftest.py``'s ``small_scene``)."""
+    from tensorf_common.data import load_blender
+    from tensorf_common.scene import make_scene
+
+    root = make_scene(tmp_path_factory.mktemp("parity") / "scene", width=32, height=32, n_train=8, n_val=4, n_test=4, seed=0)
+    return load_blender(root, splits=("train", "test"))
+
+
 @pytest.fixture(scope="session")
 def twins() -> SimpleNamespace:
     """The helpers above as one namespace (test modules must not import ``conftest``: pytest keeps
@@ -241,4 +275,5 @@ def twins() -> SimpleNamespace:
         torch_rays=torch_rays,
         jitter=jitter,
         tnp=tnp,
+        precision_kwargs=precision_kwargs,
     )

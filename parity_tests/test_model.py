@@ -166,7 +166,7 @@ def test_render_bf16_within_half_precision_tolerance(twins):
     o, d = twins.camera_rays(512, seed=10)
     jit = twins.jitter(len(o), seed=11)
     n = train_n_samples(jm.grid_size, jm.render_cfg.step_ratio)
-    out = jm.render(o, d, jm.render_options(n, train=True, want_depth=True), jnp.asarray(jit), dtype=jnp.bfloat16)
+    out = jm.render(o, d, jm.render_options(n, train=True, want_depth=True), jnp.asarray(jit), **twins.precision_kwargs(jm.render, "bf16"))
     with torch.no_grad():
         t = tm.render(twins_rays(o, d), is_train=True, N_samples=n, jitter=torch.from_numpy(jit))
     assert_close("model.render[train,bf16 vs fp32]", {"rgb": out["rgb"], "acc": out["acc"]}, {"rgb": t["rgb_map"], "acc": t["acc_map"]}, BF16)
