@@ -1,0 +1,169 @@
+"""Shared helpers of the ``tests/test_jax_*.py`` modules: float64 numpy references written
+independently of ``jax_tensorf`` (bilinear lookups, align-corners resize), tiny configs, analytic
+density/appearance functions, and a copy helper for arrays that a donating train step may reuse.
+
+Nothing here imports ``jax_tensorf`` at module level, so a broken package fails the tests that use
+it rather than the collection of every module.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from tensorf_common.config import ExperimentConfig, FieldConfig, RenderConfig, TrainConfig
+
+# Official axis modes, written out again (not imported) so that a changed constant is caught.
+MAT_MODE_REF = ((0, 1), (0, 2), (1, 2))
+VEC_MODE_REF = (2, 1, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# numpy references (float64)
+# ---------------------------------------------------------------------------------------------
+
+
+def np_bilinear(plane: np.ndarray, uv: np.ndarray) -> np.ndarray:
+    """``grid_sample(mode='bilinear', padding_mode='zeros', align_corners=True)`` of a channel-last
+    plane (H, W, C) at uv (P, 2) (u indexes W, v indexes H), point by point in float64."""
+    plane = np.asarray(plane, np.float64)
+    H, W, C = plane.shape
+    out = np.zeros((uv.shape[0], C))
+    for p, (u, v) in enumerate(np.asarray(uv, np.float64)):
+        x = (u + 1.0) / 2.0 * (W - 1)
+        y = (v + 1.0) / 2.0 * (H - 1)
+        x0, y0 = int(np.floor(x)), int(np.floor(y))
+        fx, fy = x - x0, y - y0
+        for dx, dy, w in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)), (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+            xi, yi = x0 + dx, y0 + dy
+            if 0 <= xi < W and 0 <= yi < H:
+                out[p] += w * plane[yi, xi]
+    return out
+
+
+def np_linear(line: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """``grid_sample`` of a channel-last line (L, C) seen as (1, C, L, 1) at (0, t): linear along L."""
+    line = np.asarray(line, np.float64)
+    L, C = line.shape
+    out = np.zeros((t.shape[0], C))
+    for p, tt in enumerate(np.asarray(t, np.float64)):
+        x = (tt + 1.0) / 2.0 * (L - 1)
+        x0 = int(np.floor(x))
+        fx = x - x0
+        for dx, w in ((0, 1 - fx), (1, fx)):
+            xi = x0 + dx
+            if 0 <= xi < L:
+                out[p] += w * line[xi]
+    return out
+
+
+def np_vm_features(planes, lines, xyz: np.ndarray) -> np.ndarray:
+    """Per-component products in the official order (pair 0, 1, 2) at normalised points (P, 3)."""
+    parts = []
+    for k in range(3):
+        a, b = MAT_MODE_REF[k]
+        parts.append(np_bilinear(planes[k], xyz[:, [a, b]]) * np_linear(lines[k], xyz[:, VEC_MODE_REF[k]]))
+    return np.concatenate(parts, axis=-1)
+
+
+def np_cp_features(lines, xyz: np.ndarray) -> np.ndarray:
+    out = None
+    for k in range(3):
+        v = np_linear(lines[k], xyz[:, VEC_MODE_REF[k]])
+        out = v if out is None else out * v
+    return out
+
+
+def np_resize_axis(x: np.ndarray, axis: int, new: int) -> np.ndarray:
+    """Linear resize of one axis with ``align_corners=True``: destination i samples source
+    ``i * (old - 1) / (new - 1)`` (what ``F.interpolate(..., align_corners=True)`` does)."""
+    x = np.asarray(x, np.float64)
+    old = x.shape[axis]
+    src = np.arange(new) * (old - 1) / (new - 1)
+    i0 = np.clip(np.floor(src).astype(int), 0, old - 1)
+    i1 = np.minimum(i0 + 1, old - 1)
+    f = src - i0
+    shape = [1] * x.ndim
+    shape[axis] = new
+    f = f.reshape(shape)
+    return np.take(x, i0, axis=axis) * (1 - f) + np.take(x, i1, axis=axis) * f
+
+
+def np_bilinear_resize(plane: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear align-corners resize of a channel-last plane (H, W, C) -> (h, w, C)."""
+    return np_resize_axis(np_resize_axis(plane, 0, h), 1, w)
+
+
+# ---------------------------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------------------------
+
+SMALL_VM_RGB = FieldConfig(density_n_comp=(2, 3, 4), app_n_comp=(2, 2, 3), app_dim=3, shading_mode="RGB")
+"""A tiny VM field whose decoder is the identity (cheap to compile); different component counts
+per pair so that a mixed-up pair order changes shapes."""
+
+SMALL_VM_FEA = FieldConfig(density_n_comp=(4, 4, 4), app_n_comp=(8, 8, 8), app_dim=12, feature_c=32)
+"""The smoke preset's field: VM with the default MLP_Fea decoder."""
+
+SMALL_CP_RGB = FieldConfig(model="CP", density_n_comp=(4,), app_n_comp=(6,), app_dim=3, shading_mode="RGB")
+"""A tiny CP field (the cheapest train step to compile)."""
+
+
+def train_config(**kw) -> TrainConfig:
+    """A tiny iteration-mode schedule (no events unless given)."""
+    base = dict(
+        batch_size=128,
+        n_iters=8,
+        upsample_at=(),
+        alpha_mask_at=(),
+        n_voxel_init=10**3,
+        n_voxel_final=13**3,
+        log_every=1,
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def experiment(field: FieldConfig = SMALL_VM_RGB, render: RenderConfig | None = None, **train_kw) -> ExperimentConfig:
+    return ExperimentConfig(field=field, render=render or RenderConfig(), train=train_config(**train_kw))
+
+
+def replace_train(cfg: ExperimentConfig, **kw) -> ExperimentConfig:
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, **kw))
+
+
+# ---------------------------------------------------------------------------------------------
+# misc
+# ---------------------------------------------------------------------------------------------
+
+
+def host_copy(tree):
+    """A deep numpy copy of a pytree (the train step donates its parameter buffers, so arrays held
+    across steps must be copied to the host first)."""
+    import jax
+
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+def tree_max_abs_diff(a, b) -> float:
+    import jax
+
+    diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)))), a, b))
+    return max(diffs) if diffs else 0.0
+
+
+def trees_bit_identical(a, b) -> bool:
+    """Same structure, shapes, dtypes and bytes."""
+    import jax
+
+    la, ta = jax.tree.flatten(a)
+    lb, tb = jax.tree.flatten(b)
+    if ta != tb:
+        return False
+    return all(
+        np.asarray(x).dtype == np.asarray(y).dtype
+        and np.asarray(x).shape == np.asarray(y).shape
+        and np.asarray(x).tobytes() == np.asarray(y).tobytes()
+        for x, y in zip(la, lb)
+    )
