@@ -11,8 +11,10 @@ The schedule follows the official ``train.py``:
   the training rays; at each upsample the grid is resized to ``n_to_reso(voxel_schedule()[k], aabb)``
   and a NEW Adam is created with the initial learning rates (``lr_upsample_reset``).
 
-Supported: ``schedule_unit='iter'`` and ``'fraction'`` of ``n_iters``; not supported (ConfigError):
-a wall-clock budget (``minutes``), ``precision`` other than fp32. ``box='carve'`` is the caller's
+Supported: ``schedule_unit='iter'`` and ``'fraction'`` of ``n_iters``; a wall-clock budget
+(``minutes``) only when the caller opts in with ``train(..., wall_clock=True)`` (then, as in the JAX
+trainer, ``'fraction'`` means fractions of the budget and the learning rates decay with time);
+not supported (ConfigError): ``precision`` other than fp32. ``box='carve'`` is the caller's
 business (pass the carved ``aabb`` and, for ``carve_as_mask``, ``initial_mask``).
 
 Deliberate difference: the official shrink replaces the grid Parameters but keeps the old
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
@@ -270,7 +273,8 @@ class TrainResult:
     model: TensorBase
     optimizer: torch.optim.Optimizer
     history: list[dict] = dataclasses.field(default_factory=list)
-    """One entry per log point: step, mse, psnr, total, lr_grid, l1_weight, n_samples, grid_size."""
+    """One entry per log point: step, mse, psnr, total, lr_grid, l1_weight, n_samples, grid_size, elapsed
+    (seconds since the budget clock started)."""
     events: list[dict] = dataclasses.field(default_factory=list)
     """Mask updates, shrinks, ray filtering and upsamples, in order."""
 
@@ -281,9 +285,12 @@ def _event_iters(points: Sequence[float], tc: TrainConfig) -> list[int]:
     return [int(round(p * tc.n_iters)) for p in points]
 
 
-def _check_supported(tc: TrainConfig) -> None:
-    if tc.minutes is not None:
-        raise ConfigError("train.minutes: torch_reference.training supports iteration budgets only (set minutes=None)")
+def _check_supported(tc: TrainConfig, wall_clock: bool = False) -> None:
+    if tc.minutes is not None and not wall_clock:
+        raise ConfigError(
+            "train.minutes: torch_reference.training runs iteration budgets unless the caller opts in to a "
+            "wall-clock budget with train(..., wall_clock=True) (else set minutes=None)"
+        )
     if tc.precision != "fp32":
         raise ConfigError(f"train.precision: torch_reference.training runs fp32 only, got {tc.precision!r}")
 
@@ -307,6 +314,8 @@ def train(
     generator: Optional[torch.Generator] = None,
     on_log: Optional[Callable[[dict], None]] = None,
     checkpoint_path: Optional[str] = None,
+    wall_clock: bool = False,
+    clock_start: Optional[float] = None,
 ) -> TrainResult:
     """Train a model with the official schedule.
 
@@ -327,12 +336,25 @@ def train(
         on_log: called with each history entry.
         checkpoint_path: write the official checkpoint here at the end (and every
             ``checkpoint_every`` iterations), with ``{'iteration': i}`` as extra state.
+        wall_clock: honour ``train_cfg.minutes`` as a wall-clock budget, as the JAX trainer does:
+            training stops once the budget clock reaches it (``n_iters`` stays an upper bound), and
+            with ``schedule_unit='fraction'`` the mask updates and upsamples happen when the clock
+            passes their fraction of the budget and the learning rates (and TV weights) decay with
+            time, ``lr = lr_0 * target_ratio ** ((t - t_reset) / budget)``. Without it a budget is
+            refused (ConfigError).
+        clock_start: ``time.perf_counter()`` value at which the budget clock started (default: this
+            call), so that a caller's set-up (data loading, box carving) can count, as it does in JAX.
+
+    Every history entry carries ``elapsed``: seconds on the budget clock at that log point.
 
     Raises:
         TrainingError: on a non-finite loss (checked at log points).
     """
     tc = train_cfg
-    _check_supported(tc)
+    _check_supported(tc, wall_clock)
+    t_start = time.perf_counter() if clock_start is None else float(clock_start)
+    budget = 60.0 * tc.minutes if (wall_clock and tc.minutes is not None) else None
+    time_schedule = budget is not None and tc.schedule_unit == "fraction"
     dev = torch.device(device)
     if model is None:
         reso = n_to_reso(tc.n_voxel_init, aabb)
@@ -349,6 +371,12 @@ def train(
     factor = lr_factor(tc, span)
     upsample_iters = _event_iters(tc.upsample_at, tc)
     mask_iters = _event_iters(tc.alpha_mask_at, tc)
+    # time schedule (wall_clock with 'fraction'): event times and the decay are in seconds
+    factor_t = lr_factor(tc, budget) if time_schedule else 1.0
+    mask_times = [p * budget for p in tc.alpha_mask_at] if time_schedule else []
+    upsample_times = [p * budget for p in tc.upsample_at] if time_schedule else []
+    lr_reset_t = 0.0
+    base_lrs = _initial_lrs(model, tc)
     voxel_list = tc.voxel_schedule()
     n_samples = train_n_samples(reso_cur, render_cfg.step_ratio, render_cfg.max_samples)
     result = TrainResult(model=model, optimizer=optimizer)
@@ -379,7 +407,66 @@ def train(
     total_iters = tc.n_iters if n_iters is None else int(n_iters)
     window: list[dict[str, Tensor]] = []
     steps_done = 0
+
+    def elapsed() -> float:
+        return time.perf_counter() - t_start
+
+    def mask_update(iteration: int) -> None:
+        nonlocal reso_mask, l1_weight, optimizer, reso_cur, batch_filter, mask_updates
+        if reso_mask is None or math.prod(reso_cur) < tc.mask_max_voxels:
+            reso_mask = list(reso_cur)
+        new_aabb = model.updateAlphaMask(tuple(reso_mask))
+        event: dict[str, Any] = {"event": "alpha_mask", "step": iteration, "mask": list(reso_mask)}
+        if budget is not None:
+            event["elapsed"] = round(elapsed(), 3)
+        if new_aabb is None:
+            event["empty"] = True
+        if mask_updates == 0:
+            if new_aabb is not None:
+                t_l, b_r, _, _ = _shrink_ranges(model, new_aabb)
+                model.shrink(new_aabb)
+                optimizer = rebuild_optimizer(optimizer, model, tc, grid_transform(model, "crop", t_l, b_r))
+                reso_cur = model.gridSize.tolist()
+                event.update(shrunk_aabb=model.aabb.tolist(), grid_size=reso_cur)
+            l1_weight = tc.l1_weight_rest
+        if mask_updates == 1 and tc.ray_filter and new_aabb is not None:
+            if sampler is not None:
+                kept = _keep_indices(model, data, sampler.pool(), bbox_only=False)
+                if kept.size:
+                    sampler.restrict(kept)
+                event["rays_kept"] = int(sampler.pool_size)
+            else:
+                batch_filter = "mask"
+        mask_updates += 1
+        result.events.append(event)
+
+    def upsample(iteration: int) -> None:
+        nonlocal reso_cur, n_samples, optimizer, upsamples, lr_reset_t
+        n_vox = voxel_list[upsamples]
+        old = list(reso_cur)
+        reso_cur = n_to_reso(n_vox, model.aabb.cpu().numpy())
+        n_samples = train_n_samples(reso_cur, render_cfg.step_ratio, render_cfg.max_samples)
+        if tc.optimizer_on_upsample == "resize":
+            model.upsample_volume_grid(reso_cur)
+            optimizer = rebuild_optimizer(optimizer, model, tc, grid_transform(model, "resize", reso_cur))
+            if tc.lr_upsample_reset:
+                for g, lr in zip(optimizer.param_groups, _initial_lrs(model, tc)):
+                    g["lr"] = lr
+        else:
+            model.upsample_volume_grid(reso_cur)
+            lr_scale = 1.0 if tc.lr_upsample_reset else tc.lr_decay_target_ratio ** (iteration / tc.n_iters)
+            optimizer = make_optimizer(model, tc, lr_scale)
+        if time_schedule and tc.lr_upsample_reset:
+            lr_reset_t = elapsed()  # the next step starts from the initial rates
+        upsamples += 1
+        event = {"event": "upsample", "step": iteration, "from": old, "to": list(reso_cur), "n_samples": n_samples}
+        if budget is not None:
+            event["elapsed"] = round(elapsed(), 3)
+        result.events.append(event)
+
     for iteration in range(total_iters):
+        if budget is not None and elapsed() >= budget:
+            break
         # --- batch
         if sampler is not None:
             o, d, rgb = data.batch(sampler.next())
@@ -395,10 +482,19 @@ def train(
             rays, rgbs = rays[keep], rgbs[keep]
 
         # --- step (TV weights decay before use, official); a batch emptied by the filter is skipped
-        if tv_density > 0:
-            tv_density *= factor
-        if tv_app > 0:
-            tv_app *= factor
+        if time_schedule:
+            # rates and TV weights follow the clock (the JAX trainer's time schedule)
+            now = elapsed()
+            scale = factor_t ** (now - lr_reset_t)
+            for g, lr0 in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = lr0 * scale
+            tv_density = tc.tv_weight_density * factor_t**now
+            tv_app = tc.tv_weight_app * factor_t**now
+        else:
+            if tv_density > 0:
+                tv_density *= factor
+            if tv_app > 0:
+                tv_app *= factor
         lr_now = optimizer.param_groups[0]["lr"]
         if rays.shape[0] > 0:
             jitter = torch.rand(rays.shape[0], generator=gen).to(dev)
@@ -408,68 +504,36 @@ def train(
                 model, optimizer, rays, rgbs, weights, n_samples=n_samples, white_bg=white_bg, jitter=jitter, train_white_bg=coin
             )
             window.append(parts)
-        decay_learning_rates(optimizer, factor)
+        if not time_schedule:
+            decay_learning_rates(optimizer, factor)
 
         # --- log
         if window and ((iteration + 1) % tc.log_every == 0 or iteration + 1 == total_iters):
-            entry = _log_entry(window, iteration + 1, lr_now, n_samples, model, l1_weight)
+            entry = _log_entry(window, iteration + 1, lr_now, n_samples, model, l1_weight, elapsed())
             window = []
             result.history.append(entry)
             if on_log is not None:
                 on_log(entry)
 
-        # --- alpha mask (before the upsample of the same iteration)
-        if iteration in mask_iters:
-            if reso_mask is None or math.prod(reso_cur) < tc.mask_max_voxels:
-                reso_mask = list(reso_cur)
-            new_aabb = model.updateAlphaMask(tuple(reso_mask))
-            event: dict[str, Any] = {"event": "alpha_mask", "step": iteration, "mask": list(reso_mask)}
-            if new_aabb is None:
-                event["empty"] = True
-            if mask_updates == 0:
-                if new_aabb is not None:
-                    t_l, b_r, _, _ = _shrink_ranges(model, new_aabb)
-                    model.shrink(new_aabb)
-                    optimizer = rebuild_optimizer(optimizer, model, tc, grid_transform(model, "crop", t_l, b_r))
-                    reso_cur = model.gridSize.tolist()
-                    event.update(shrunk_aabb=model.aabb.tolist(), grid_size=reso_cur)
-                l1_weight = tc.l1_weight_rest
-            if mask_updates == 1 and tc.ray_filter and new_aabb is not None:
-                if sampler is not None:
-                    kept = _keep_indices(model, data, sampler.pool(), bbox_only=False)
-                    if kept.size:
-                        sampler.restrict(kept)
-                    event["rays_kept"] = int(sampler.pool_size)
-                else:
-                    batch_filter = "mask"
-            mask_updates += 1
-            result.events.append(event)
-
-        # --- upsample
-        if iteration in upsample_iters and upsamples < len(voxel_list):
-            n_vox = voxel_list[upsamples]
-            old = list(reso_cur)
-            reso_cur = n_to_reso(n_vox, model.aabb.cpu().numpy())
-            n_samples = train_n_samples(reso_cur, render_cfg.step_ratio, render_cfg.max_samples)
-            if tc.optimizer_on_upsample == "resize":
-                model.upsample_volume_grid(reso_cur)
-                optimizer = rebuild_optimizer(optimizer, model, tc, grid_transform(model, "resize", reso_cur))
-                if tc.lr_upsample_reset:
-                    for g, lr in zip(optimizer.param_groups, _initial_lrs(model, tc)):
-                        g["lr"] = lr
-            else:
-                model.upsample_volume_grid(reso_cur)
-                lr_scale = 1.0 if tc.lr_upsample_reset else tc.lr_decay_target_ratio ** (iteration / tc.n_iters)
-                optimizer = make_optimizer(model, tc, lr_scale)
-            upsamples += 1
-            result.events.append({"event": "upsample", "step": iteration, "from": old, "to": list(reso_cur), "n_samples": n_samples})
+        # --- alpha mask (before the upsample of the same iteration), then upsample
+        if time_schedule:
+            while mask_updates < len(mask_times) and elapsed() >= mask_times[mask_updates]:
+                mask_update(iteration)
+            n_up = min(len(upsample_times), len(voxel_list))
+            while upsamples < n_up and elapsed() >= upsample_times[upsamples]:
+                upsample(iteration)
+        else:
+            if iteration in mask_iters:
+                mask_update(iteration)
+            if iteration in upsample_iters and upsamples < len(voxel_list):
+                upsample(iteration)
 
         steps_done = iteration + 1
         if checkpoint_path is not None and tc.checkpoint_every and steps_done % tc.checkpoint_every == 0:
             _save(model, checkpoint_path, steps_done)
 
     if window:
-        entry = _log_entry(window, steps_done, optimizer.param_groups[0]["lr"], n_samples, model, l1_weight)
+        entry = _log_entry(window, steps_done, optimizer.param_groups[0]["lr"], n_samples, model, l1_weight, elapsed())
         result.history.append(entry)
         if on_log is not None:
             on_log(entry)
@@ -497,7 +561,13 @@ def _save(model: TensorBase, path: str, iteration: int) -> None:
 
 
 def _log_entry(
-    window: list[dict[str, Tensor]], step: int, lr: float, n_samples: int, model: TensorBase, l1_weight: float
+    window: list[dict[str, Tensor]],
+    step: int,
+    lr: float,
+    n_samples: int,
+    model: TensorBase,
+    l1_weight: float,
+    elapsed: float = 0.0,
 ) -> dict:
     totals = torch.stack([w["total"] for w in window])
     if not bool(torch.isfinite(totals).all()):
@@ -512,4 +582,5 @@ def _log_entry(
         "l1_weight": float(l1_weight),
         "n_samples": int(n_samples),
         "grid_size": model.gridSize.tolist(),
+        "elapsed": round(float(elapsed), 3),
     }
