@@ -1,0 +1,134 @@
+"""Benchmark sizes: what each group runs, at which shapes, for how many rounds.
+
+Chosen with ``TENSORF_BENCH_SIZE`` (``smoke`` by default, what ``make test`` runs with
+``--benchmark-disable``; ``quick``, ``full`` and ``gpu`` for real timings, chosen by the report
+presets).
+
+Every JAX train-step compilation costs about 10 s on a 2-core CPU whatever the shapes (the HLO is the
+same size), so the smaller sizes list fewer train-step cases; compiled executables are shared
+between groups where the configuration is the same (see ``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+ENV_SIZE = "TENSORF_BENCH_SIZE"
+
+
+@dataclass(frozen=True)
+class BenchSize:
+    """Shapes and rounds of one benchmark size."""
+
+    name: str
+    grid: int
+    """Cubic grid (voxels per axis) of the timed workloads."""
+    rays: int
+    """Rays per training batch (train step, vmap lookups)."""
+    render_rays: int
+    """Rays per render chunk (evaluation render)."""
+    points: int
+    """Points of a field forward."""
+    field: dict = field(default_factory=dict)
+    """FieldConfig overrides (empty: the project's default field, as the cpu and official presets)."""
+    ks: tuple[int, ...] = (8, 16, 32, 64)
+    """k of the topk strategy."""
+    sample_k: int = 32
+    """k of the sample strategy."""
+    train_strategies: Optional[tuple[str, ...]] = None
+    """Appearance cases that also get a train-step benchmark (None: all of them)."""
+    precision_workloads: tuple[str, ...] = ("field", "render", "train_step")
+    torch_compile: tuple[str, ...] = ("field", "render", "train_step")
+    """Workloads also timed with ``torch.compile`` (tens of seconds of compilation each)."""
+    compile_grids: tuple[int, ...] = (64, 128)
+    compile_workloads: tuple[str, ...] = ("render", "train_step")
+    memory_workloads: tuple[str, ...] = ("render", "train_step")
+    rounds: int = 3
+    warmup: int = 1
+    fast_compile: bool = False
+    """Compile with XLA's backend optimisation level 0 on CPU (about half the compile time): for
+    the smoke size, which is tested, not timed."""
+
+    @property
+    def strategy_cases(self) -> list[tuple[str, Optional[int]]]:
+        """(strategy, k) of the appearance group, in display order."""
+        return [("all", None), ("threshold", None)] + [("topk", k) for k in self.ks] + [("sample", self.sample_k)]
+
+
+def case_label(strategy: str, k: Optional[int]) -> str:
+    return strategy if k is None else f"{strategy}-{k}"
+
+
+SMOKE_FIELD = dict(density_n_comp=(4, 4, 4), app_n_comp=(8, 8, 8), app_dim=12, feature_c=32)
+
+SIZES: dict[str, BenchSize] = {
+    "smoke": BenchSize(
+        name="smoke",
+        grid=16,
+        rays=64,
+        render_rays=64,
+        points=512,
+        field=SMOKE_FIELD,
+        ks=(8,),
+        sample_k=8,
+        train_strategies=("topk-8",),
+        precision_workloads=("field",),
+        torch_compile=(),
+        compile_grids=(16,),
+        compile_workloads=("render",),
+        memory_workloads=("render",),
+        rounds=1,
+        warmup=0,
+        fast_compile=True,
+    ),
+    "quick": BenchSize(
+        name="quick",
+        grid=64,
+        rays=1024,
+        render_rays=1024,
+        points=1 << 16,
+        ks=(8, 32),
+        sample_k=32,
+        train_strategies=("all", "threshold", "topk-8", "topk-32"),
+        precision_workloads=("field", "render"),
+        torch_compile=("field",),
+        compile_grids=(32, 96),
+        compile_workloads=("render",),
+        memory_workloads=("train_step",),
+        rounds=3,
+        warmup=1,
+    ),
+    "full": BenchSize(
+        name="full",
+        grid=128,
+        rays=2048,
+        render_rays=4096,
+        points=1 << 18,
+        ks=(8, 16, 32, 64),
+        sample_k=32,
+        compile_grids=(64, 128, 160),
+        rounds=5,
+        warmup=1,
+    ),
+    "gpu": BenchSize(
+        name="gpu",
+        grid=300,
+        rays=4096,
+        render_rays=4096,
+        points=1 << 20,
+        ks=(8, 16, 32, 64, 128),
+        sample_k=32,
+        compile_grids=(128, 300),
+        rounds=20,
+        warmup=3,
+    ),
+}
+
+
+def current_size() -> BenchSize:
+    name = os.environ.get(ENV_SIZE, "smoke").strip().lower() or "smoke"
+    if name not in SIZES:
+        raise ValueError(f"{ENV_SIZE}={name!r}: choose one of {sorted(SIZES)}")
+    return SIZES[name]

@@ -1,0 +1,81 @@
+"""Group ``appearance``: which samples get appearance (``RenderConfig.appearance``): ``all``,
+``threshold`` (the cpu preset's compacted capacity), ``topk`` for each k of the size and ``sample``;
+one JAX train step and one evaluation render of a chunk of rays each.
+
+Checked: finite loss and colours in [0, 1] of the right shapes; the train step changes the
+parameters; ``topk`` with k >= samples per ray would equal ``all`` (covered by the parity suite).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import bench_sizes
+import bench_workloads as W
+
+jax = pytest.importorskip("jax")
+
+
+def _cases(which: str):
+    size = bench_sizes.current_size()
+    out = []
+    for strategy, k in size.strategy_cases:
+        label = bench_sizes.case_label(strategy, k)
+        if which == "train_step" and size.train_strategies is not None and label not in size.train_strategies:
+            continue
+        out.append(pytest.param(strategy, k, id=label))
+    return out
+
+
+@pytest.mark.parametrize(("strategy", "k"), _cases("train_step"))
+def test_train_step(benchmark, record, size, jax_info, jax_cache, strategy, k):
+    benchmark.group = "appearance"
+    c = W.cached_train_step(jax_cache, size, strategy, k)
+    before = np.asarray(jax.device_get(c.args[0]["density"]["lines"][0]))
+    metrics = W.run_timed(benchmark, W.train_loop(c), size)
+    record(
+        jax_info,
+        framework="jax",
+        impl="jax-jit",
+        workload="train_step",
+        appearance=strategy,
+        k=k,
+        dtype="fp32",
+        label=bench_sizes.case_label(strategy, k),
+        rays=size.rays,
+        lower_s=round(c.lower_s, 3),
+        compile_s=round(c.compile_s, 3),
+        **c.info,
+        **c.memory,
+    )
+    m = jax.device_get(metrics)
+    assert np.isfinite(float(m["total"])) and bool(m["finite"]), f"non-finite step: {m['total']}"
+    after = np.asarray(jax.device_get(c.args[0]["density"]["lines"][0]))
+    assert after.shape == before.shape and not np.array_equal(after, before), "the step did not update the grids"
+
+
+@pytest.mark.parametrize(("strategy", "k"), _cases("render"))
+def test_render(benchmark, record, size, jax_info, jax_cache, strategy, k):
+    benchmark.group = "appearance"
+    c = W.cached_render(jax_cache, size, strategy, k)
+    out = W.run_timed(benchmark, lambda: W.block(c.compiled(*c.args)), size)
+    record(
+        jax_info,
+        framework="jax",
+        impl="jax-jit",
+        workload="render",
+        appearance=strategy,
+        k=k,
+        dtype="fp32",
+        label=bench_sizes.case_label(strategy, k),
+        rays=size.render_rays,
+        lower_s=round(c.lower_s, 3),
+        compile_s=round(c.compile_s, 3),
+        **c.info,
+        **c.memory,
+    )
+    rgb = np.asarray(jax.device_get(out["rgb"]))
+    assert rgb.shape == (size.render_rays, 3)
+    assert np.all(np.isfinite(rgb)) and rgb.min() >= 0.0 and rgb.max() <= 1.0
+    assert int(out["stats"]["app_overflow"]) >= 0
