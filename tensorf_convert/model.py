@@ -38,6 +38,7 @@ from .state_dict import (
     ModelSpec,
     check_state_dict,
     jax_to_torch,
+    key_table,
     numpy_to_torch,
     to_numpy,
     torch_to_jax,
@@ -245,8 +246,11 @@ class PortableModel:
         return step_size_and_n_samples(self.aabb, self.grid_size, self.kwargs["step_ratio"])[0]
 
     def validate(self, where: str = "model") -> "PortableModel":
-        """Check the state_dict against the key table (exact keys and shapes); returns self."""
-        check_state_dict(self.state_dict, self.spec, where)
+        """Check the state_dict against the key table (exact keys and shapes) and put it in the
+        official key order (safetensors files keep keys sorted); returns self."""
+        spec = self.spec
+        check_state_dict(self.state_dict, spec, where)
+        self.state_dict = {r.torch_key: self.state_dict[r.torch_key] for r in key_table(spec)}
         return self
 
     def summary(self) -> str:
@@ -335,7 +339,9 @@ def portable_from_torch(model: Any) -> PortableModel:
         mask = to_numpy(model.alphaMask.mask).copy()
         mask_aabb = to_numpy(model.alphaMask.aabb).astype(np.float32).copy()
     base = RenderConfig(appearance=model.appearance, topk=model.topk)
-    extra = {"render": dataclasses.asdict(render_config_from_kwargs(kwargs, base)), "init_scale": float(model.init_scale)}
+    extra: dict[str, Any] = {"render": dataclasses.asdict(render_config_from_kwargs(kwargs, base))}
+    if float(model.init_scale) != float(type(model).default_init_scale):  # None means the official scale
+        extra["init_scale"] = float(model.init_scale)
     return PortableModel(name, kwargs, sd, mask, mask_aabb, extra).validate(f"{name} state_dict")
 
 
