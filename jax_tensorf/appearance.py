@@ -29,6 +29,11 @@ def _torch_linear_init(fan_in: int):
     return init
 
 
+def _to(dtype, *xs):
+    """Cast the decoder inputs to its compute dtype (mixed precision), or keep them."""
+    return xs if dtype is None else tuple(x.astype(dtype) for x in xs)
+
+
 class _MLP(nn.Module):
     """Linear -> ReLU -> Linear -> ReLU -> Linear(3) -> sigmoid, last bias zero (official)."""
 
@@ -63,6 +68,7 @@ class MLPRender_Fea(nn.Module):
 
     @nn.compact
     def __call__(self, pts, viewdirs, features):
+        pts, viewdirs, features = _to(self.dtype, pts, viewdirs, features)
         parts = [features, viewdirs]
         if self.feape > 0:
             parts.append(positional_encoding(features, self.feape))
@@ -84,6 +90,7 @@ class MLPRender_PE(nn.Module):
 
     @nn.compact
     def __call__(self, pts, viewdirs, features):
+        pts, viewdirs, features = _to(self.dtype, pts, viewdirs, features)
         parts = [features, viewdirs]
         if self.pospe > 0:
             parts.append(positional_encoding(pts, self.pospe))
@@ -104,6 +111,7 @@ class MLPRender(nn.Module):
 
     @nn.compact
     def __call__(self, pts, viewdirs, features):
+        pts, viewdirs, features = _to(self.dtype, pts, viewdirs, features)
         parts = [features, viewdirs]
         if self.viewpe > 0:
             parts.append(positional_encoding(viewdirs, self.viewpe))

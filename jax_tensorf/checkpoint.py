@@ -201,8 +201,14 @@ def load_model(path: Path):
 def save_trainer(trainer, path: Path) -> Path:
     import dataclasses
 
+    from .training import ScaledState
+
     arrays = model_arrays(trainer.model)
     opt = trainer.opt_state
+    if isinstance(opt, ScaledState):
+        arrays["opt/loss_scale"] = np.asarray(opt.scale.scale)
+        arrays["opt/loss_scale_fin_steps"] = np.asarray(opt.scale.fin_steps)
+        opt = opt.adam
     arrays["opt/count"] = np.asarray(opt.count)
     arrays.update(flatten(opt.mu, "opt/mu"))
     arrays.update(flatten(opt.nu, "opt/nu"))
@@ -225,7 +231,7 @@ def save_trainer(trainer, path: Path) -> Path:
 
 def load_trainer(path: Path, dataset, **trainer_kwargs):
     """Rebuild a :class:`jax_tensorf.training.Trainer` from a checkpoint, ready to ``run()`` on."""
-    from .training import LogPoint, ScheduleState, Trainer, make_adam
+    from .training import LogPoint, ScaledState, ScheduleState, Trainer, init_optimizer_state
     from tensorf_common.data import BatchSampler
 
     arrays, meta = read_npz(path)
@@ -240,8 +246,7 @@ def load_trainer(path: Path, dataset, **trainer_kwargs):
     trainer.out_dir = trainer_kwargs.get("out_dir", Path(path).parent)
     trainer.log = trainer_kwargs.get("log", lambda s: None)
     trainer.progress = trainer_kwargs.get("progress", False)
-    trainer.dtype = trainer_kwargs.get("dtype", None)
-    trainer.adam = make_adam(cfg.train)
+    trainer._init_runtime()
     trainer.compiles = list(meta.get("compiles", []))
     trainer.history = [LogPoint(**p) for p in meta.get("history", [])]
     trainer.events = list(meta.get("events", []))
@@ -251,12 +256,23 @@ def load_trainer(path: Path, dataset, **trainer_kwargs):
     trainer.key = jax.random.PRNGKey(cfg.train.seed)
     trainer.setup_seconds = float(meta.get("setup_seconds", 0.0))
     trainer.model = model
-    template = trainer.adam.init(model.params)
-    trainer.opt_state = template._replace(
+    model.mesh = trainer.mesh
+    template = init_optimizer_state(trainer.adam, model.params, trainer.policy)
+    adam_template = template.adam if isinstance(template, ScaledState) else template
+    adam_state = adam_template._replace(
         count=jnp.asarray(arrays["opt/count"]),
         mu=unflatten(model.params, arrays, "opt/mu", where),
         nu=unflatten(model.params, arrays, "opt/nu", where),
     )
+    if isinstance(template, ScaledState):
+        if "opt/loss_scale" not in arrays:
+            raise CheckpointError(f"{where}: missing array 'opt/loss_scale' for a loss-scaled (fp16) run")
+        scale = template.scale.replace(
+            scale=jnp.asarray(arrays["opt/loss_scale"]), fin_steps=jnp.asarray(arrays["opt/loss_scale_fin_steps"])
+        )
+        trainer.opt_state = ScaledState(adam_state, scale)
+    else:
+        trainer.opt_state = adam_state
     sampler_state: dict[str, Any] = dict(meta["sampler"])
     sampler_state["pool_bits"] = arrays.get("sampler/pool_bits")
     sampler = BatchSampler(trainer.train_split.n_rays, cfg.train.batch_size, cfg.train.seed)

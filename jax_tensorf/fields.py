@@ -108,10 +108,14 @@ def grid_sample_1d(line: jax.Array, t: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pair_point(plane, line, xyz, k: int):
-    """plane_k(xyz) * line_k(xyz) for one point -> (C_k,)."""
+def _pair_point(plane, line, xyz, k: int, out_dtype=None):
+    """plane_k(xyz) * line_k(xyz) for one point -> (C_k,), the product in ``out_dtype``."""
     a, b = MAT_MODE[k]
-    return _bilinear_point(plane, xyz[a], xyz[b]) * _linear_point(line, xyz[VEC_MODE[k]])
+    p = _bilinear_point(plane, xyz[a], xyz[b])
+    l = _linear_point(line, xyz[VEC_MODE[k]])
+    if out_dtype is not None:
+        p, l = p.astype(out_dtype), l.astype(out_dtype)
+    return p * l
 
 
 def _vectorise(fn: Callable, xyz: jax.Array, variant: str) -> jax.Array:
@@ -138,7 +142,7 @@ def _stack_padded(arrays: Sequence[jax.Array]) -> jax.Array:
     return jnp.stack(padded)
 
 
-def _pairs_features(planes, lines, xyz: jax.Array) -> list[jax.Array]:
+def _pairs_features(planes, lines, xyz: jax.Array, out_dtype=None) -> list[jax.Array]:
     """The ``pairs`` variant: outer vmap over the three plane/line pairs (padded to one shape)."""
     # Reorder coordinates per pair so that one function serves all three: (u, v, t) per pair.
     perm = jnp.array([[MAT_MODE[k][0], MAT_MODE[k][1], VEC_MODE[k]] for k in range(3)])
@@ -151,7 +155,11 @@ def _pairs_features(planes, lines, xyz: jax.Array) -> list[jax.Array]:
 
     def one_pair(plane, line, wh_k, l_k, uvt_k):
         def point(c):
-            return _bilinear_point(plane, c[0], c[1], wh_k) * _linear_point(line, c[2], l_k)
+            p = _bilinear_point(plane, c[0], c[1], wh_k)
+            l = _linear_point(line, c[2], l_k)
+            if out_dtype is not None:
+                p, l = p.astype(out_dtype), l.astype(out_dtype)
+            return p * l
 
         return jax.vmap(point)(uvt_k)
 
@@ -160,26 +168,30 @@ def _pairs_features(planes, lines, xyz: jax.Array) -> list[jax.Array]:
     return [out[k, :, : comps[k]].reshape(*xyz.shape[:-1], comps[k]) for k in range(3)]
 
 
-def vm_pair_features(planes, lines, xyz_n: jax.Array, variant: str = "flat") -> list[jax.Array]:
-    """Per-pair products ``plane_k(xyz) * line_k(xyz)``, a list of three (..., C_k) arrays."""
+def vm_pair_features(planes, lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None) -> list[jax.Array]:
+    """Per-pair products ``plane_k(xyz) * line_k(xyz)``, a list of three (..., C_k) arrays.
+
+    The lookups compute in the grids' dtype; ``out_dtype`` (default: that dtype) is the dtype of
+    the products (mixed precision: bf16 lookups with float32 products, say)."""
     if variant == "pairs":
-        return _pairs_features(planes, lines, xyz_n)
+        return _pairs_features(planes, lines, xyz_n, out_dtype)
     return [
-        _vectorise(lambda p, k=k: _pair_point(planes[k], lines[k], p, k), xyz_n, variant) for k in range(3)
+        _vectorise(lambda p, k=k: _pair_point(planes[k], lines[k], p, k, out_dtype), xyz_n, variant)
+        for k in range(3)
     ]
 
 
-def vm_features(planes, lines, xyz_n: jax.Array, variant: str = "flat") -> jax.Array:
+def vm_features(planes, lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None) -> jax.Array:
     """Per-component products concatenated in the official order (pair 0, 1, 2) -> (..., sum C)."""
-    return jnp.concatenate(vm_pair_features(planes, lines, xyz_n, variant), axis=-1)
+    return jnp.concatenate(vm_pair_features(planes, lines, xyz_n, variant, out_dtype), axis=-1)
 
 
-def vm_density_feature(planes, lines, xyz_n: jax.Array, variant: str = "flat") -> jax.Array:
+def vm_density_feature(planes, lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None) -> jax.Array:
     """Density feature: the sum of every component product (official ``compute_densityfeature``)."""
-    return sum(jnp.sum(f, axis=-1) for f in vm_pair_features(planes, lines, xyz_n, variant))
+    return sum(jnp.sum(f, axis=-1) for f in vm_pair_features(planes, lines, xyz_n, variant, out_dtype))
 
 
-def cp_features(lines, xyz_n: jax.Array, variant: str = "flat") -> jax.Array:
+def cp_features(lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None) -> jax.Array:
     """CP component products ``line_0 * line_1 * line_2`` -> (..., R)."""
     if variant == "pairs":
         variant = "flat"  # CP has no plane/line pairs to stack
@@ -188,6 +200,8 @@ def cp_features(lines, xyz_n: jax.Array, variant: str = "flat") -> jax.Array:
         out = None
         for k in range(3):
             v = _linear_point(lines[k], p[VEC_MODE[k]])
+            if out_dtype is not None:
+                v = v.astype(out_dtype)
             out = v if out is None else out * v
         return out
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.struct
 import jax
@@ -24,6 +24,7 @@ from tensorf_common.geometry import step_size_and_n_samples
 from . import alpha_mask as am
 from . import fields
 from .appearance import apply_render, init_render_params
+from .precision import FP32, Policy
 from .rendering import RenderOptions, render_rays
 from .sampling import normalize_coord
 from .xla import xla_options
@@ -66,50 +67,48 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype), tree)
 
 
-def density_at(params, cfg: FieldConfig, aabb, xyz_world, variant: str = "flat", dtype=None):
-    """sigma at world points (..., 3) (official ``compute_densityfeature`` + ``feature2density``)."""
+def density_at(params, cfg: FieldConfig, aabb, xyz_world, variant: str = "flat", policy: Policy = FP32):
+    """sigma at world points (..., 3) (official ``compute_densityfeature`` + ``feature2density``).
+    Coordinates stay float32; the lookups and products follow the precision ``policy``."""
     xyz_n = normalize_coord(xyz_world, aabb)
-    grid = _cast(params["density"], dtype)
-    if dtype is not None:
-        xyz_n = xyz_n.astype(dtype)
+    grid = _cast(params["density"], policy.grid)
+    fd = policy.features or jnp.float32
     if cfg.model == "VM":
-        feat = fields.vm_density_feature(grid["planes"], grid["lines"], xyz_n, variant)
+        feat = fields.vm_density_feature(grid["planes"], grid["lines"], xyz_n, variant, fd)
     else:
-        feat = jnp.sum(fields.cp_features(grid["lines"], xyz_n, variant), axis=-1)
+        feat = jnp.sum(fields.cp_features(grid["lines"], xyz_n, variant, fd), axis=-1)
     return fields.feature2density(feat.astype(jnp.float32), cfg.density_shift, cfg.fea2dense_act)
 
 
-def app_features_at(params, cfg: FieldConfig, aabb, xyz_world, variant: str = "flat", dtype=None):
-    """Appearance features after the basis matrix, (..., app_dim)."""
+def app_features_at(params, cfg: FieldConfig, aabb, xyz_world, variant: str = "flat", policy: Policy = FP32):
+    """Appearance features after the basis matrix, (..., app_dim), in the policy's feature dtype."""
     xyz_n = normalize_coord(xyz_world, aabb)
-    grid = _cast(params["app"], dtype)
-    if dtype is not None:
-        xyz_n = xyz_n.astype(dtype)
+    grid = _cast(params["app"], policy.grid)
+    fd = policy.features or jnp.float32
     if cfg.model == "VM":
-        feat = fields.vm_features(grid["planes"], grid["lines"], xyz_n, variant)
+        feat = fields.vm_features(grid["planes"], grid["lines"], xyz_n, variant, fd)
     else:
-        feat = fields.cp_features(grid["lines"], xyz_n, variant)
-    return feat @ _cast(params["basis_mat"]["kernel"], dtype)
+        feat = fields.cp_features(grid["lines"], xyz_n, variant, fd)
+    return feat @ params["basis_mat"]["kernel"].astype(fd)
 
 
-def rgb_at(params, cfg: FieldConfig, aabb, xyz_world, viewdirs, variant: str = "flat", dtype=None):
-    """Colour at world points seen along ``viewdirs`` (P, 3)."""
-    feat = app_features_at(params, cfg, aabb, xyz_world, variant, dtype)
+def rgb_at(params, cfg: FieldConfig, aabb, xyz_world, viewdirs, variant: str = "flat", policy: Policy = FP32):
+    """Colour at world points seen along ``viewdirs`` (P, 3); float32 out."""
+    feat = app_features_at(params, cfg, aabb, xyz_world, variant, policy)
     pts_n = normalize_coord(xyz_world, aabb)
-    render = _cast(params.get("render", {}), dtype)
-    return apply_render(cfg, render, pts_n, viewdirs, feat, dtype).astype(jnp.float32)
+    return apply_render(cfg, params.get("render", {}), pts_n, viewdirs, feat, policy.mlp).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "opts", "variant", "dtype"))
-def render(params, state: FieldState, rays_o, rays_d, jitter=None, key=None, *, cfg, opts, variant="flat", dtype=None):
+@functools.partial(jax.jit, static_argnames=("cfg", "opts", "variant", "policy"))
+def render(params, state: FieldState, rays_o, rays_d, jitter=None, key=None, *, cfg, opts, variant="flat", policy=FP32):
     """Render rays with a model's parameters and state (jitted per static configuration)."""
     return render_rays(
         rays_o,
         rays_d,
         state.aabb,
         state.step_size,
-        lambda x: density_at(params, cfg, state.aabb, x, variant, dtype),
-        lambda x, d: rgb_at(params, cfg, state.aabb, x, d, variant, dtype),
+        lambda x: density_at(params, cfg, state.aabb, x, variant, policy),
+        lambda x, d: rgb_at(params, cfg, state.aabb, x, d, variant, policy),
         lambda x: am.query_alpha_mask(state.mask, state.mask_aabb, x),
         opts,
         jitter,
@@ -155,6 +154,8 @@ class TensoRF:
     mask_grid_size: Optional[list[int]] = None  # resolution of the current alpha mask, None = no mask
     _compiled_renders: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
     _eval_caps: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+    mesh: Any = dataclasses.field(default=None, repr=False, compare=False)
+    """A one-axis ``jax.sharding.Mesh`` to render data-parallel over its devices (None: one device)."""
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -224,13 +225,17 @@ class TensoRF:
             depth=rc.depth,
         )
 
-    def render(self, rays_o, rays_d, opts: RenderOptions, jitter=None, key=None, dtype=None):
+    def render(self, rays_o, rays_d, opts: RenderOptions, jitter=None, key=None, policy: Policy = FP32):
         """Render rays with the current parameters; compiled ahead of time per static
-        configuration with the ``eval`` XLA options (:mod:`jax_tensorf.xla`)."""
+        configuration with the ``eval`` XLA options (:mod:`jax_tensorf.xla`). With a ``mesh``
+        (data parallel), the rays are split across its devices; capacities in ``opts`` are for the
+        whole batch."""
+        if self.mesh is not None:
+            return self._render_sharded(rays_o, rays_d, opts, jitter, key, policy)
         args = (self.params, self.state, jnp.asarray(rays_o), jnp.asarray(rays_d), jitter, key)
         sig = (
             opts,
-            dtype,
+            policy,
             self.render_cfg.vmap_variant,
             jax.tree_util.tree_structure(args),
             tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(args)),
@@ -238,10 +243,49 @@ class TensoRF:
         compiled = self._compiled_renders.get(sig)
         if compiled is None:
             compiled = render.lower(
-                *args, cfg=self.field_cfg, opts=opts, variant=self.render_cfg.vmap_variant, dtype=dtype
+                *args, cfg=self.field_cfg, opts=opts, variant=self.render_cfg.vmap_variant, policy=policy
             ).compile(compiler_options=xla_options("eval"))
             self._compiled_renders[sig] = compiled
         return compiled(*args)
+
+    def _render_sharded(self, rays_o, rays_d, opts: RenderOptions, jitter, key, policy: Policy):
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        mesh = self.mesh
+        axis = mesh.axis_names[0]
+        n_dev = mesh.devices.size
+        local = lambda c: None if c is None else min(c, max(1024, -(-int(1.25 * c / n_dev) // 1024) * 1024))
+        lopts = dataclasses.replace(opts, sample_capacity=local(opts.sample_capacity), app_capacity=local(opts.app_capacity))
+        batch = P(axis)
+        sig = ("sharded", lopts, policy, self.render_cfg.vmap_variant, np.shape(rays_o), jitter is None, key is None)
+        fn = self._compiled_renders.get(sig)
+        if fn is None:
+            cfg, variant = self.field_cfg, self.render_cfg.vmap_variant
+
+            def body(params, state, o, d, jit, k):
+                R = o.shape[0]
+                out = render_rays(
+                    o, d, state.aabb, state.step_size,
+                    lambda x: density_at(params, cfg, state.aabb, x, variant, policy),
+                    lambda x, dd: rgb_at(params, cfg, state.aabb, x, dd, variant, policy),
+                    lambda x: am.query_alpha_mask(state.mask, state.mask_aabb, x),
+                    lopts, jit, k, jax.lax.axis_index(axis) * R,
+                )
+                out["stats"] = jax.lax.psum(out["stats"], axis)
+                return out
+
+            out_specs = {"rgb": batch, "acc": batch, "stats": P()}
+            if lopts.want_depth:
+                out_specs["depth"] = batch
+            in_specs = (P(), P(), batch, batch, None if jitter is None else batch, None if key is None else P())
+            fn = jax.jit(jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False))
+            self._compiled_renders[sig] = fn
+        rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, batch)
+        params, state = jax.device_put((self.params, self.state), rep)
+        o, d = jax.device_put((jnp.asarray(rays_o), jnp.asarray(rays_d)), split)
+        jit = None if jitter is None else jax.device_put(jitter, split)
+        k = None if key is None else jax.device_put(key, rep)
+        return fn(params, state, o, d, jit, k)
 
     def render_chunks(
         self,

@@ -124,12 +124,14 @@ def render_rays(
     opts: RenderOptions,
     jitter: Optional[jax.Array] = None,
     key: Optional[jax.Array] = None,
+    ray_offset=0,
 ):
     """Render a batch of rays. Returns a dict with ``rgb`` (R,3), ``acc`` (R,), optionally ``depth``,
     and ``stats`` (overflow counts, valid and appearance sample counts).
 
     ``jitter`` is one offset per ray (training) or None (evaluation). ``key`` drives the ``sample``
-    strategy only.
+    strategy only (per-ray keys: ``fold_in(key, ray_offset + i)``, so a batch split across devices
+    draws what the whole batch would).
     """
     R, N = rays_o.shape[0], opts.n_samples
     z_vals, xyz, valid = sample_ray(rays_o, rays_d, aabb, opts.near, opts.far, step_size, N, jitter)
@@ -155,7 +157,7 @@ def render_rays(
 
     _, weights, t_last = raw2alpha(sigma, sample_dists(z_vals) * opts.distance_scale)
     acc = jnp.sum(weights, axis=-1)
-    rgb_map = _appearance(weights, t_last, xyz, dirs, valid, packed, app_fn, opts, key, stats)
+    rgb_map = _appearance(weights, t_last, xyz, dirs, valid, packed, app_fn, opts, key, stats, ray_offset)
 
     out = {"rgb": finish_rgb(rgb_map, acc, opts.white_bg), "acc": acc, "stats": stats}
     if opts.want_depth:
@@ -166,7 +168,7 @@ def render_rays(
     return out
 
 
-def _appearance(weights, t_last, xyz, dirs, valid, packed, app_fn, opts: RenderOptions, key, stats):
+def _appearance(weights, t_last, xyz, dirs, valid, packed, app_fn, opts: RenderOptions, key, stats, ray_offset=0):
     """``sum_n w_n * rgb_n`` over the samples that the strategy selects -> (R, 3)."""
     R, N = weights.shape
     strategy = opts.appearance
@@ -207,7 +209,7 @@ def _appearance(weights, t_last, xyz, dirs, valid, packed, app_fn, opts: RenderO
     elif strategy == "sample":
         if key is None:
             raise ConfigError("render.appearance: 'sample' needs a PRNG key")
-        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(R))
+        keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ray_offset + jnp.arange(R))
         gumbel = jax.vmap(lambda kk: jax.random.gumbel(kk, (N,)))(keys)
         _, idx = jax.lax.top_k(jnp.log(weights + 1e-20) + gumbel, k)
     else:

@@ -70,7 +70,6 @@ def train_run(
     lpips: bool = True,
     progress: bool = False,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
-    dtype=None,
     on_log=None,
 ) -> dict:
     """Train a JAX TensoRF and evaluate it on the test split. Returns the summary written to
@@ -89,11 +88,11 @@ def train_run(
     load_seconds = time.perf_counter() - t_load
     ckpt = out_dir / "checkpoint.npz"
     if resume and ckpt.exists():
-        trainer = load_trainer(ckpt, dataset, out_dir=out_dir, log=log, progress=progress, dtype=dtype)
+        trainer = load_trainer(ckpt, dataset, out_dir=out_dir, log=log, progress=progress)
         cfg = trainer.cfg
         log(f"resumed {ckpt} at step {trainer.sched.step} ({trainer.sched.elapsed:.1f} s trained)")
     else:
-        trainer = Trainer(cfg, dataset, out_dir=out_dir, log=log, progress=progress, dtype=dtype)
+        trainer = Trainer(cfg, dataset, out_dir=out_dir, log=log, progress=progress)
     trainer.run(on_log=on_log)
     trainer.save_checkpoint(ckpt)
     save_model(trainer.model, out_dir / "model.npz", cfg)

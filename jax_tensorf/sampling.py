@@ -53,8 +53,9 @@ def sample_ray(
     return z_vals, xyz, in_box
 
 
-def per_ray_jitter(key: jax.Array, n_rays: int) -> jax.Array:
-    """One U[0, 1) offset per ray, each from its own key (``fold_in`` of the ray index), so that a
-    ray's jitter does not depend on the batch it is in."""
-    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_rays))
+def per_ray_jitter(key: jax.Array, n_rays: int, offset=0) -> jax.Array:
+    """One U[0, 1) offset per ray, each from its own key (``fold_in`` of the ray's index in the
+    batch, ``offset + i``), so that a ray's jitter does not depend on how the batch is split across
+    devices (the seed used one key for every ray)."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(offset + jnp.arange(n_rays))
     return jax.vmap(lambda k: jax.random.uniform(k, ()))(keys)

@@ -22,12 +22,13 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.training.dynamic_scale import DynamicScale
 
 from tensorf_common.config import ExperimentConfig, TrainConfig
 from tensorf_common.errors import TrainingError
@@ -38,6 +39,7 @@ from . import fields
 from .model import TensoRF, density_at, rgb_at
 from .regularizers import density_l1, ortho_loss, tv_loss
 from .rendering import RenderOptions, render_rays
+from .precision import FP32, Policy, policy_from_config
 from .sampling import per_ray_jitter
 from .xla import xla_options
 
@@ -86,23 +88,28 @@ class RegFlags:
     ortho: bool = False
 
 
-def loss_terms(params, state, rays_o, rays_d, rgb, key, hyper, jitter=None, *, cfg, opts, variant, dtype, reg: RegFlags):
+def loss_terms(
+    params, state, rays_o, rays_d, rgb, key, hyper, jitter=None, *, cfg, opts, variant, reg: RegFlags,
+    policy: Policy = FP32, ray_offset=0,
+):
     """Total loss and its parts: MSE on colour plus the weighted regularisers. ``jitter`` (one
-    offset per ray) is drawn from ``key`` unless given (parity tests pass the torch side's)."""
+    offset per ray) is drawn from ``key`` unless given (parity tests pass the torch side's).
+    ``ray_offset`` is the index of the first ray of this batch in the whole batch (data parallel)."""
     k_jitter, k_app = jax.random.split(key)
     if jitter is None:
-        jitter = per_ray_jitter(k_jitter, rays_o.shape[0])
+        jitter = per_ray_jitter(k_jitter, rays_o.shape[0], ray_offset)
     out = render_rays(
         rays_o,
         rays_d,
         state.aabb,
         state.step_size,
-        lambda x: density_at(params, cfg, state.aabb, x, variant, dtype),
-        lambda x, d: rgb_at(params, cfg, state.aabb, x, d, variant, dtype),
+        lambda x: density_at(params, cfg, state.aabb, x, variant, policy),
+        lambda x, d: rgb_at(params, cfg, state.aabb, x, d, variant, policy),
         lambda x: am.query_alpha_mask(state.mask, state.mask_aabb, x),
         opts,
         jitter,
         k_app,
+        ray_offset,
     )
     mse = jnp.mean((out["rgb"] - rgb) ** 2)
     total = mse
@@ -122,11 +129,42 @@ def loss_terms(params, state, rays_o, rays_d, rgb, key, hyper, jitter=None, *, c
     return total, (parts, out["stats"])
 
 
-def _train_step(params, opt_state, state, rays_o, rays_d, rgb, key, hyper, jitter=None, *, cfg, opts, variant, dtype, reg, adam):
-    (total, (parts, stats)), grads = jax.value_and_grad(loss_terms, has_aux=True)(
-        params, state, rays_o, rays_d, rgb, key, hyper, jitter, cfg=cfg, opts=opts, variant=variant, dtype=dtype, reg=reg
+class ScaledState(NamedTuple):
+    """Optimizer state with a dynamic loss scale (fp16): Adam's state and flax's DynamicScale."""
+
+    adam: Any
+    scale: DynamicScale
+
+
+def _train_step(
+    params, opt_state, state, rays_o, rays_d, rgb, key, hyper, jitter=None, *, cfg, opts, variant, reg, adam,
+    policy: Policy = FP32, axis: Optional[str] = None,
+):
+    """One optimisation step. With ``axis`` it runs per device inside ``shard_map`` over that mesh
+    axis: each device renders its share of the rays, gradients and losses are averaged."""
+    ray_offset = 0 if axis is None else jax.lax.axis_index(axis) * rays_o.shape[0]
+    loss_fn = functools.partial(
+        loss_terms, state=state, rays_o=rays_o, rays_d=rays_d, rgb=rgb, key=key, hyper=hyper, jitter=jitter,
+        cfg=cfg, opts=opts, variant=variant, reg=reg, policy=policy, ray_offset=ray_offset,
     )
-    updates, new_opt = adam.update(grads, opt_state, params)
+    scaled = isinstance(opt_state, ScaledState)
+    if scaled:
+        new_scale, finite, (total, (parts, stats)), grads = opt_state.scale.value_and_grad(
+            loss_fn, has_aux=True, axis_name=axis
+        )(params)
+        adam_state = opt_state.adam
+    else:
+        (total, (parts, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        if axis is not None:
+            grads = jax.lax.pmean(grads, axis)
+        adam_state = opt_state
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    if axis is not None:
+        total = jax.lax.pmean(total, axis)
+        parts = jax.lax.pmean(parts, axis)
+        stats = jax.lax.psum(stats, axis)
+    finite = finite & jnp.isfinite(total)
+    updates, new_adam = adam.update(grads, adam_state, params)
     labels = group_labels(params)
     new_params = jax.tree.map(
         lambda p, u, lab: p - (hyper["lr_grid"] if lab == "grid" else hyper["lr_basis"]) * u,
@@ -134,23 +172,42 @@ def _train_step(params, opt_state, state, rays_o, rays_d, rgb, key, hyper, jitte
         updates,
         labels,
     )
-    finite = jnp.isfinite(total) & jnp.all(
-        jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-    )
-    # a non-finite step leaves everything as it was, so the host can stop with good parameters
+    # a non-finite step leaves parameters and moments as they were (with fp16 scaling this is the
+    # expected skip; otherwise the host stops with the last good parameters)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_opt = keep(new_adam, adam_state)
+    if scaled:
+        new_opt = ScaledState(new_opt, new_scale)
     metrics = dict(parts, total=total, finite=finite, **stats)
-    return keep(new_params, params), keep(new_opt, opt_state), metrics
+    if scaled:
+        metrics["loss_scale"] = new_scale.scale
+    return keep(new_params, params), new_opt, metrics
 
 
 train_step = jax.jit(
     _train_step,
-    static_argnames=("cfg", "opts", "variant", "dtype", "reg", "adam"),
+    static_argnames=("cfg", "opts", "variant", "reg", "adam", "policy", "axis"),
     donate_argnames=("params", "opt_state"),
 )
 """The jitted train step: ``(params, opt_state, state, rays_o, rays_d, rgb, key, hyper, jitter=None) ->
 (params, opt_state, metrics)``; ``hyper`` holds lr_grid, lr_basis, l1, tv_density, tv_app, ortho;
-static keywords: cfg (FieldConfig), opts (RenderOptions), variant, dtype, reg (RegFlags), adam."""
+static keywords: cfg (FieldConfig), opts (RenderOptions), variant, reg (RegFlags), adam, policy."""
+
+
+def make_sharded_step(mesh, *, cfg, opts, variant, reg, adam, policy: Policy = FP32, with_jitter: bool = False):
+    """The train step data-parallel over ``mesh``'s single axis: rays sharded on the batch axis,
+    parameters, optimizer and field state replicated (``jax.shard_map``, no pmap). ``opts`` holds
+    per-device capacities."""
+    from jax.sharding import PartitionSpec as P
+
+    axis = mesh.axis_names[0]
+    body = functools.partial(
+        _train_step, cfg=cfg, opts=opts, variant=variant, reg=reg, adam=adam, policy=policy, axis=axis
+    )
+    batch = P(axis)
+    in_specs = (P(), P(), P(), batch, batch, batch, P(), P()) + ((batch,) if with_jitter else ())
+    fn = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=(P(), P(), P()), check_vma=False)
+    return jax.jit(fn, donate_argnums=(0, 1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +238,18 @@ def crop_grid_tree(grid: dict, t_l, b_r, model: str) -> dict:
 
 def map_adam_moments(opt_state, fn: Callable[[dict], dict]):
     """Apply a grid transformation to Adam's first and second moments (keeps the step count)."""
+    if isinstance(opt_state, ScaledState):
+        return ScaledState(map_adam_moments(opt_state.adam, fn), opt_state.scale)
     return opt_state._replace(mu=_map_grids(opt_state.mu, fn), nu=_map_grids(opt_state.nu, fn))
+
+
+def init_optimizer_state(adam: optax.GradientTransformation, params, policy: Policy, scale=None):
+    """Adam's state, wrapped with a loss scale when the policy scales (keeps ``scale`` if given,
+    so that re-creating Adam at an upsample does not reset the fp16 scale)."""
+    state = adam.init(params)
+    if policy.loss_scale == "dynamic":
+        return ScaledState(state, scale if scale is not None else DynamicScale())
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,6 +272,8 @@ class ScheduleState:
     sample_capacity: Optional[int] = None
     app_capacity: Optional[int] = None
     n_samples: int = 0
+    skipped_steps: int = 0
+    """Steps whose update was skipped as non-finite (fp16 with dynamic loss scaling)."""
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -251,7 +321,6 @@ class Trainer:
         out_dir: Optional[Path] = None,
         log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
         progress: bool = False,
-        dtype=None,
     ):
         self.cfg = cfg
         self.tc = cfg.train
@@ -260,8 +329,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.log = log
         self.progress = progress
-        self.dtype = dtype
-        self.adam = make_adam(self.tc)
+        self._init_runtime()
         self.compiles: list[dict] = []
         self.history: list[LogPoint] = []
         self.events: list[dict] = []
@@ -296,10 +364,11 @@ class Trainer:
             self.dataset.near_far,
             self.dataset.white_bg,
         )
+        self.model.mesh = self.mesh
         if hull is not None and tc.carve_as_mask:
             occ, hull_box = hull
             self.model.set_mask(np.ascontiguousarray(np.transpose(occ, (2, 1, 0))), hull_box)
-        self.opt_state = self.adam.init(self.model.params)
+        self.opt_state = init_optimizer_state(self.adam, self.model.params, self.policy)
         self.sampler = BatchSampler(split.n_rays, tc.batch_size, tc.seed)
         if tc.ray_filter:
             keep = self._filter_rays_by_box(split, self.model.aabb, ray_box_hit)
@@ -354,12 +423,30 @@ class Trainer:
         return best
 
     # ------------------------------------------------------------------ compile
+    def _init_runtime(self) -> None:
+        """Host-side objects derived from the config (also rebuilt when resuming)."""
+        self.policy = policy_from_config(self.tc)
+        self.adam = make_adam(self.tc)
+        self.mesh = None
+        if self.tc.devices > 1:
+            from jax.sharding import Mesh
+
+            devs = jax.devices()
+            if len(devs) < self.tc.devices:
+                raise TrainingError(
+                    f"train.devices: {self.tc.devices} requested but only {len(devs)} {jax.default_backend()} "
+                    "device(s) are available"
+                )
+            self.mesh = Mesh(np.array(devs[: self.tc.devices]), ("data",))
+
     def _step_fn(self):
-        m, s = self.model, self.sched
+        m, s, tc = self.model, self.sched, self.tc
+        n_dev = tc.devices
+        # per-device capacities, with headroom for an uneven split of valid samples across shards
+        per = lambda c: None if c is None else (c if n_dev == 1 else _round_cap(int(1.25 * c / n_dev), c))
         opts = m.render_options(
-            s.n_samples, train=True, sample_capacity=s.sample_capacity, app_capacity=s.app_capacity
+            s.n_samples, train=True, sample_capacity=per(s.sample_capacity), app_capacity=per(s.app_capacity)
         )
-        tc = self.tc
         reg = RegFlags(
             l1=tc.l1_weight_initial > 0 or tc.l1_weight_rest > 0,
             tv_density=tc.tv_weight_density > 0,
@@ -370,10 +457,10 @@ class Trainer:
         if sig not in self._compiled:
             t0 = time.perf_counter()
             args = self._step_args(np.zeros(tc.batch_size, np.int64))
-            lowered = train_step.lower(
-                *args, cfg=self.cfg.field, opts=opts, variant=self.cfg.render.vmap_variant,
-                dtype=self.dtype, reg=reg, adam=self.adam,
-            )
+            static = dict(cfg=self.cfg.field, opts=opts, variant=self.cfg.render.vmap_variant, reg=reg,
+                          adam=self.adam, policy=self.policy)
+            fn = train_step if self.mesh is None else make_sharded_step(self.mesh, **static)
+            lowered = fn.lower(*args, **static) if self.mesh is None else fn.lower(*args)
             compiled = lowered.compile(compiler_options=xla_options("train"))
             seconds = time.perf_counter() - t0
             self._compiled[sig] = compiled
@@ -389,6 +476,16 @@ class Trainer:
             self.compiles.append(info)
             self.log(f"compiled train step #{len(self.compiles)} for grid {m.grid_size}, N={s.n_samples} in {seconds:.1f}s")
         return self._compiled[sig]
+
+    def _place(self, tree, batch: bool = False):
+        """Put arrays where the step expects them: the default device, or (data parallel) the mesh,
+        replicated or split on the batch axis."""
+        if self.mesh is None:
+            return tree
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        spec = P("data") if batch else P()
+        return jax.device_put(tree, NamedSharding(self.mesh, spec))
 
     def _hyper(self) -> dict:
         tc, s = self.tc, self.sched
@@ -408,6 +505,13 @@ class Trainer:
     def _step_args(self, idx: np.ndarray):
         o, d, rgb = self.train_split.batch(idx)
         key = jax.random.fold_in(self.key, self.sched.step + 1)
+        if self.mesh is not None:
+            self.model.params = self._place(self.model.params)
+            self.opt_state = self._place(self.opt_state)
+            self.model.state = self._place(self.model.state)
+            o, d, rgb = self._place((o, d, rgb), batch=True)
+            key, hyper = self._place((key, self._hyper()))
+            return (self.model.params, self.opt_state, self.model.state, o, d, rgb, key, hyper)
         return (self.model.params, self.opt_state, self.model.state, jnp.asarray(o), jnp.asarray(d),
                 jnp.asarray(rgb), key, self._hyper())
 
@@ -494,7 +598,8 @@ class Trainer:
         old = m.grid_size
         m.upsample(reso)
         if tc.optimizer_on_upsample == "recreate":
-            self.opt_state = self.adam.init(m.params)
+            scale = self.opt_state.scale if isinstance(self.opt_state, ScaledState) else None
+            self.opt_state = init_optimizer_state(self.adam, m.params, self.policy, scale)
         else:
             self.opt_state = map_adam_moments(
                 self.opt_state, lambda g: resize_grid_tree(g, reso, self.cfg.field.model)
@@ -577,8 +682,12 @@ class Trainer:
         if not window:
             return None
         host = jax.device_get(window)
-        finite = all(bool(m["finite"]) for m in host)
-        if not finite:
+        skipped = sum(not bool(m["finite"]) for m in host)
+        self.sched.skipped_steps += skipped
+        # with dynamic loss scaling a non-finite step is an expected skip (the scale backs off);
+        # without it, or when every step of the window failed, training cannot go on
+        scaled = isinstance(self.opt_state, ScaledState)
+        if skipped and (not scaled or skipped == len(host)):
             if self.out_dir is not None:
                 self.save_checkpoint()
             raise TrainingError(

@@ -223,6 +223,14 @@ class TrainConfig:
     """Write a checkpoint every N iterations (0: only at the end and at budget exhaustion)."""
     precision: Precision = "fp32"
     """Compute precision of grid lookups, feature products and the MLP (parameters stay fp32)."""
+    precision_parts: tuple[str, ...] = ("grid", "features", "mlp")
+    """Which parts compute in the reduced precision: grid (lookups), features (products, basis),
+    mlp (the render MLP). Compositing and the loss always run in fp32."""
+    loss_scale: Literal["auto", "dynamic", "none"] = "auto"
+    """Loss scaling: auto = dynamic for fp16 (flax DynamicScale: skip non-finite steps, adapt the
+    scale), none for bf16 and fp32."""
+    devices: int = 1
+    """Data-parallel devices (jax.sharding mesh over the batch axis; parameters replicated)."""
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, f"train.batch_size: must be positive, got {self.batch_size}")
@@ -248,6 +256,13 @@ class TrainConfig:
         )
         _require(self.carve_resolution >= 8, f"train.carve_resolution: too small ({self.carve_resolution})")
         _require(self.log_every > 0, f"train.log_every: must be positive, got {self.log_every}")
+        _require(self.devices >= 1, f"train.devices: must be >= 1, got {self.devices}")
+        _require(
+            self.batch_size % self.devices == 0,
+            f"train.batch_size: {self.batch_size} is not divisible by train.devices {self.devices}",
+        )
+        bad = set(self.precision_parts) - {"grid", "features", "mlp"}
+        _require(not bad, f"train.precision_parts: unknown parts {sorted(bad)}; choose grid, features, mlp")
 
     def voxel_schedule(self) -> list[int]:
         """Voxel counts after each upsample: linear in log space (official ``N_voxel_list``)."""
