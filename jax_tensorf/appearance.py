@@ -80,7 +80,10 @@ class MLPRender_Fea(nn.Module):
 
 
 class MLPRender_PE(nn.Module):
-    """Input ``[feat, viewdir, PE(pts, pos_pe), PE(viewdir, view_pe)]``."""
+    """Input ``[feat, viewdir, pts, PE(pts, pos_pe), PE(viewdir, view_pe)]`` (pts normalised).
+
+    The official forward leaves out the raw ``pts`` and so cannot run (its first layer counts 3
+    inputs more than it is fed); as in ``torch_reference``, the raw position fills those 3."""
 
     in_chanel: int
     viewpe: int = 6
@@ -91,7 +94,7 @@ class MLPRender_PE(nn.Module):
     @nn.compact
     def __call__(self, pts, viewdirs, features):
         pts, viewdirs, features = _to(self.dtype, pts, viewdirs, features)
-        parts = [features, viewdirs]
+        parts = [features, viewdirs, pts]
         if self.pospe > 0:
             parts.append(positional_encoding(pts, self.pospe))
         if self.viewpe > 0:

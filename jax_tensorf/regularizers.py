@@ -43,12 +43,15 @@ def tv_loss(grid: dict) -> jax.Array:
 
 
 def ortho_loss(lines) -> jax.Array:
-    """Official ``vectorDiffs``: mean absolute off-diagonal of each line's Gram matrix, summed."""
+    """Official ``vectorDiffs``: mean absolute off-diagonal of each line's Gram matrix, summed.
+    A single-component line has no off-diagonal entry and adds 0 (officially a NaN mean)."""
     total = jnp.float32(0.0)
     for l in lines:
         v = l.T  # (C, L)
+        C = v.shape[0]
+        if C < 2:
+            continue
         dotp = v @ v.T
-        C = dotp.shape[0]
         off = dotp.reshape(-1)[1:].reshape(C - 1, C + 1)[:, :-1]
         total = total + jnp.mean(jnp.abs(off))
     return total

@@ -172,6 +172,8 @@ def _appearance(weights, t_last, xyz, dirs, valid, packed, app_fn, opts: RenderO
     """``sum_n w_n * rgb_n`` over the samples that the strategy selects -> (R, 3)."""
     R, N = weights.shape
     strategy = opts.appearance
+    if strategy == "topk" and opts.topk >= N:
+        strategy = "all"  # every sample is in the top k: the 'all' path, so both agree bit for bit
     if strategy in ("all", "threshold") and not (strategy == "threshold" and opts.app_capacity):
         dirs_n = jnp.broadcast_to(dirs[:, None, :], xyz.shape)
         if packed is None:
