@@ -167,3 +167,46 @@ def trees_bit_identical(a, b) -> bool:
         and np.asarray(x).tobytes() == np.asarray(y).tobytes()
         for x, y in zip(la, lb)
     )
+
+
+def numpy_model(field: FieldConfig, grid, render_cfg: RenderConfig | None = None, aabb=None, seed: int = 0, near_far=(2.0, 6.0)):
+    """A ``TensoRF`` with the layout of ``init_params`` but numpy-drawn values (scale 0.1), built
+    without ``TensoRF.create``: eager JAX random draws compile once per distinct shape, which costs
+    seconds per model on a busy 2-core machine. ``TensoRF.create`` itself is tested in test_jax_model."""
+    import jax.numpy as jnp
+
+    from jax_tensorf import alpha_mask as am
+    from jax_tensorf import fields
+    from jax_tensorf.model import FieldState, TensoRF
+    from tensorf_common.geometry import step_size_and_n_samples
+
+    rng = np.random.default_rng(seed)
+    render_cfg = render_cfg or RenderConfig()
+    aabb = np.asarray(BOX_UNIT if aabb is None else aabb, np.float32)
+    draw = lambda shape: jnp.asarray((0.1 * rng.normal(size=shape)).astype(np.float32))
+
+    def grid_params(comps):
+        if field.model == "VM":
+            return {
+                "planes": [draw(fields.plane_shape(grid, k, comps[k])) for k in range(3)],
+                "lines": [draw(fields.line_shape(grid, k, comps[k])) for k in range(3)],
+            }
+        return {"lines": [draw(fields.line_shape(grid, k, comps[0])) for k in range(3)]}
+
+    n_app = sum(field.app_components)
+    params = {
+        "density": grid_params(field.density_components),
+        "app": grid_params(field.app_components),
+        "basis_mat": {"kernel": jnp.asarray(rng.uniform(-1, 1, (n_app, field.app_dim)).astype(np.float32) / np.sqrt(n_app))},
+    }
+    if field.shading_mode not in ("SH", "RGB"):
+        from jax_tensorf.appearance import init_render_params
+
+        params["render"] = init_render_params(field, __import__("jax").random.PRNGKey(seed))
+    step, _ = step_size_and_n_samples(aabb, grid, render_cfg.step_ratio)
+    mask, mask_aabb = am.full_mask(aabb)
+    state = FieldState(jnp.asarray(aabb), jnp.float32(step), mask, mask_aabb)
+    return TensoRF(field, render_cfg, params, state, tuple(map(float, near_far)), True)
+
+
+BOX_UNIT = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]], np.float32)

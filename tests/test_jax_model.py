@@ -1,0 +1,164 @@
+"""jax_tensorf.model: TensoRF.create, upsample / shrink geometry (as tensorf_common.geometry says),
+an alpha-mask update on a fresh model, and render_chunks (compaction with overflow re-render) equal to
+a plain uncompacted render."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_helpers import SMALL_CP_RGB, SMALL_VM_FEA, SMALL_VM_RGB, numpy_model
+from jax_tensorf import alpha_mask as am
+from jax_tensorf import fields
+from jax_tensorf.model import TensoRF
+from tensorf_common.config import RenderConfig
+from tensorf_common.geometry import step_size_and_n_samples
+
+BOX = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]], np.float32)
+
+
+def _model(field=SMALL_VM_RGB, grid=(12, 14, 10), render_cfg=None, aabb=BOX):
+    """Models for the geometry tests are built from numpy values (see jax_helpers.numpy_model)."""
+    return numpy_model(field, list(grid), render_cfg, aabb)
+
+
+def test_create_shapes_state_and_geometry():
+    aabb = np.array([[-1.0, -1.5, -0.5], [1.0, 1.5, 0.5]], np.float32)
+    m = TensoRF.create(jax.random.PRNGKey(0), SMALL_VM_FEA, RenderConfig(step_ratio=0.5), aabb, [12, 14, 10], (2.0, 6.0), True)
+    assert m.near_far == (2.0, 6.0) and m.white_bg
+    assert m.grid_size == [12, 14, 10]
+    p = m.params
+    assert set(p) == {"density", "app", "basis_mat", "render"}
+    assert [x.shape for x in p["density"]["planes"]] == [(14, 12, 4), (10, 12, 4), (10, 14, 4)]
+    assert [x.shape for x in p["density"]["lines"]] == [(10, 4), (14, 4), (12, 4)]
+    assert [x.shape for x in p["app"]["planes"]] == [(14, 12, 8), (10, 12, 8), (10, 14, 8)]
+    assert p["basis_mat"]["kernel"].shape == (24, 12)
+    assert p["render"]["mlp_0"]["kernel"].shape == (12 + 3 + 2 * 2 * 12 + 2 * 2 * 3, 32)
+    step, n = step_size_and_n_samples(aabb, [12, 14, 10], 0.5)
+    assert m.step_size == pytest.approx(step, rel=1e-7) and m.n_samples == n
+    np.testing.assert_array_equal(m.aabb, aabb)
+    assert m.mask_grid_size is None and not m.has_mask()
+    assert m.state.mask.shape == (2, 2, 2) and bool(np.asarray(m.state.mask).all())  # "no mask"
+    # non-trainable state is not in the params pytree; official init scale 0.1 for VM grids
+    assert all(np.asarray(x).dtype == np.float32 for x in jax.tree.leaves(m.params))
+    grids = np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves([p["density"], p["app"]])])
+    assert abs(grids.std() - 0.1) < 0.01
+    # the same key gives the same model; another key another one
+    again = TensoRF.create(jax.random.PRNGKey(0), SMALL_VM_FEA, RenderConfig(step_ratio=0.5), aabb, [12, 14, 10])
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(p)))
+
+
+def test_upsample_changes_grid_step_and_samples():
+    m = _model(SMALL_VM_RGB, (12, 14, 10), RenderConfig(step_ratio=0.5))
+    before = jax.tree.map(np.asarray, m.params)
+    reso = [17, 19, 15]
+    m.upsample(reso)
+    assert m.grid_size == reso
+    step, n = step_size_and_n_samples(BOX, reso, 0.5)
+    assert m.step_size == pytest.approx(step, rel=1e-7) and m.n_samples == n
+    assert step < step_size_and_n_samples(BOX, [12, 14, 10], 0.5)[0]
+    planes, lines = fields.upsample_vm(before["density"]["planes"], before["density"]["lines"], reso)
+    for a, b in zip(planes + lines, m.params["density"]["planes"] + m.params["density"]["lines"]):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(np.asarray(m.params["basis_mat"]["kernel"]), before["basis_mat"]["kernel"])
+    cp = _model(SMALL_CP_RGB, (12, 14, 10))
+    cp.upsample(reso)
+    assert cp.grid_size == reso and [l.shape[0] for l in cp.params["app"]["lines"]] == [15, 19, 17]
+
+
+def test_shrink_makes_the_grid_non_cubic():
+    m = _model(SMALL_VM_RGB, (21, 21, 21))  # units 0.1
+    before = jax.tree.map(np.asarray, m.params)
+    new_box = np.array([[-0.52, -0.3, 0.07], [0.46, 0.81, 0.5]], np.float32)
+    m.shrink(new_box)
+    t_l, b_r, aabb_after, grid_after = am.shrink_box(BOX, [21, 21, 21], new_box, [21, 21, 21])
+    assert m.grid_size == grid_after == [11, 12, 5]
+    np.testing.assert_array_equal(m.aabb, np.asarray(aabb_after))
+    step, n = step_size_and_n_samples(aabb_after, grid_after, m.render_cfg.step_ratio)
+    assert m.step_size == pytest.approx(step, rel=1e-7) and m.n_samples == n
+    # planes/lines cropped with the index ranges: plane 0 is (Y, X)
+    np.testing.assert_array_equal(np.asarray(m.params["density"]["planes"][0]), before["density"]["planes"][0][7:19, 5:16])
+    np.testing.assert_array_equal(np.asarray(m.params["app"]["lines"][0]), before["app"]["lines"][0][11:16])
+    # with a mask at another resolution the box snaps to grid points
+    m2 = _model(SMALL_VM_RGB, (21, 21, 21))
+    m2.set_mask(np.ones((11, 11, 11), bool), BOX)
+    m2.shrink(new_box)
+    np.testing.assert_allclose(m2.aabb, [[-0.5, -0.3, 0.1], [0.5, 0.8, 0.5]], atol=1e-6)
+    assert m2.grid_size == [11, 12, 5]
+
+
+def test_update_alpha_mask_on_a_fresh_model_returns_none_and_keeps_going():
+    m = _model(SMALL_VM_RGB, (10, 11, 9))
+    # official init: density feature ~ 0 -> softplus(-10) * step: alpha far below 1e-4 everywhere
+    assert m.update_alpha_mask(m.grid_size) is None
+    assert m.mask_grid_size is None and m.state.mask.shape == (2, 2, 2)
+    o = jnp.asarray(np.array([[-3.0, 0.1, 0.2], [0.0, -3.0, 0.0]], np.float32))
+    d = jnp.asarray(np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32))
+    out = m.render(o, d, m.render_options(m.n_samples, train=False, want_depth=True))
+    assert np.all(np.isfinite(np.asarray(out["rgb"]))) and np.asarray(out["acc"]).max() < 1e-2
+
+
+def _dense_model(grid=(12, 14, 10)):
+    """A model with a real density blob (the official init is near-empty)."""
+    m = _model(SMALL_VM_RGB, grid, RenderConfig(chunk=256))
+    rng = np.random.default_rng(0)
+    p = jax.tree.map(np.asarray, m.params)
+    dens = p["density"]
+    X, Y, Z = grid
+
+    def bump(n, centre):
+        u = np.linspace(-1, 1, n)
+        return 1.6 * np.exp(-((u - centre) ** 2) / 0.2)
+
+    centres = {0: 0.2, 1: -0.1, 2: 0.1}  # x, y, z
+    for k in range(3):
+        axis = fields.VEC_MODE[k]
+        dens["lines"][k] = np.repeat(bump(grid[axis], centres[axis])[:, None], dens["lines"][k].shape[1], 1).astype(np.float32)
+        dens["planes"][k] = (1.0 + 0.3 * rng.normal(size=dens["planes"][k].shape)).astype(np.float32)
+    p["app"] = jax.tree.map(lambda x: (x * 5).astype(np.float32), p["app"])
+    m.params = jax.tree.map(jnp.asarray, p)
+    return m
+
+
+def _view_rays(n, seed=0, miss_first=None):
+    rng = np.random.default_rng(seed)
+    o = rng.normal(size=(n, 3))
+    o = 3.5 * o / np.linalg.norm(o, axis=1, keepdims=True)
+    d = rng.uniform(-0.8, 0.8, size=(n, 3)) - o
+    if miss_first is not None:  # these rays point away from the box
+        d[miss_first] = o[miss_first]
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return o.astype(np.float32), d.astype(np.float32)
+
+
+def test_render_chunks_equals_uncompacted_render(monkeypatch):
+    """Eval renders compact samples and thresholded appearance to capacities sized from a probe of the
+    first chunk, re-rendering a chunk with doubled capacities on overflow. The result must equal a
+    plain render with neither compaction. The probe is made to see only empty rays so that later
+    chunks overflow and the re-render path runs."""
+    m = _dense_model()
+    n, chunk = 700, 256
+    order = np.random.default_rng(0).permutation(n)  # render_chunks' fixed shuffled order
+    o, d = _view_rays(n, miss_first=order[:chunk])
+    used = []
+    real_render = m.render
+
+    def spy(rays_o, rays_d, opts, *a, **kw):
+        used.append((opts.sample_capacity, opts.app_capacity))
+        return real_render(rays_o, rays_d, opts, *a, **kw)
+
+    monkeypatch.setattr(m, "render", spy)
+    got = m.render_chunks(o, d, chunk=chunk, want_depth=True)
+    monkeypatch.undo()
+    assert len({c for c in used}) >= 2, f"no overflow re-render happened: {used}"
+    assert all(c[0] is not None and c[1] is not None for c in used)  # compacted (threshold is the eval default)
+    opts = m.render_options(m.n_samples, train=False, want_depth=True, appearance="threshold")
+    assert opts.sample_capacity is None and opts.app_capacity is None
+    ref = {k: np.asarray(v) for k, v in m.render(jnp.asarray(o), jnp.asarray(d), opts).items() if k != "stats"}
+    assert got["rgb"].shape == (n, 3) and got["depth"].shape == (n,) and got["acc"].shape == (n,)
+    acc = ref["acc"]
+    assert acc.max() > 0.9 and (acc < 1e-6).sum() >= chunk  # a dense blob and empty rays
+    for k in ("rgb", "acc", "depth"):
+        np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=2e-6, err_msg=k)

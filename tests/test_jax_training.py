@@ -1,0 +1,263 @@
+"""jax_tensorf.training: the official learning rates (decay, reset and a new Adam at every upsample),
+one train step lowers the loss, compiles counted per grid size, a smoke training whose PSNR rises,
+bit-identical resume (before an upsample and exactly at one), and a non-finite loss that stops with
+the last good checkpoint on disk.
+
+Train steps are compiled ahead of time once per Trainer and grid size (seconds each on 2 cores), so
+most tests here use the cheapest model (CP with the RGB decoder) and share runs through
+module-scoped fixtures."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jax_helpers import SMALL_CP_RGB, experiment, host_copy, replace_train, trees_bit_identical
+from jax_tensorf.checkpoint import load_trainer, read_npz
+from jax_tensorf.training import RegFlags, Trainer, group_labels, learning_rates, lr_factor, make_adam, train_step
+from tensorf_common.config import ExperimentConfig, RenderConfig, TrainConfig, preset
+from tensorf_common.errors import TrainingError
+from tensorf_common.geometry import n_to_reso, train_n_samples
+
+# ------------------------------------------------------------------ learning rates
+
+
+def test_lr_factor_and_learning_rates_official_values():
+    tc = TrainConfig()  # lr_init 0.02, lr_basis 1e-3, ratio 0.1, n_iters 30000
+    f = lr_factor(tc, 30000)
+    assert f == pytest.approx(0.1 ** (1 / 30000), rel=1e-15)
+    assert learning_rates(tc, 0, 30000) == (pytest.approx(0.02), pytest.approx(1e-3))
+    g, b = learning_rates(tc, 30000, 30000)
+    assert g == pytest.approx(0.002, rel=1e-9) and b == pytest.approx(1e-4, rel=1e-9)
+    # official: after the last upsample at 7000 the rates decay for 23000 iterations from the reset
+    g, _ = learning_rates(tc, 30000 - 7000, 30000)
+    assert g == pytest.approx(0.02 * 0.1 ** (23000 / 30000), rel=1e-9)
+    assert g == pytest.approx(0.0034, abs=5e-5)  # "ending near 0.0034 for the grids, not 0.002"
+    tc2 = TrainConfig(lr_init=0.1, lr_basis=0.01, lr_decay_target_ratio=0.5)
+    assert learning_rates(tc2, 10, 20) == (pytest.approx(0.1 * 0.5**0.5), pytest.approx(0.01 * 0.5**0.5))
+
+
+def test_group_labels_split_grids_from_basis_and_mlp():
+    params = {
+        "density": {"planes": [1, 2], "lines": [3]},
+        "app": {"lines": [4]},
+        "basis_mat": {"kernel": 5},
+        "render": {"mlp_0": {"kernel": 6, "bias": 7}},
+    }
+    labels = group_labels(params)
+    assert jax.tree.leaves(labels["density"]) == ["grid"] * 3 and jax.tree.leaves(labels["app"]) == ["grid"]
+    assert jax.tree.leaves(labels["basis_mat"]) == ["basis"] and jax.tree.leaves(labels["render"]) == ["basis"] * 2
+
+
+# ------------------------------------------------------------------ one step
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch(small_dataset):
+    from jax_helpers import numpy_model
+
+    field = dataclasses.replace(SMALL_CP_RGB, density_shift=-2.0)
+    m = numpy_model(field, [10, 10, 10], aabb=small_dataset.aabb)
+    split = small_dataset["train"]
+    idx = np.random.default_rng(0).choice(split.n_rays, 256, replace=False)
+    o, d, rgb = map(jnp.asarray, split.batch(idx))
+    tc = TrainConfig()
+    adam = make_adam(tc)
+    opts = m.render_options(train_n_samples(m.grid_size, 0.5), train=True)
+    hyper = {k: jnp.float32(v) for k, v in dict(lr_grid=0.1, lr_basis=0.01, l1=8e-5, tv_density=0, tv_app=0, ortho=0).items()}
+    key = jax.random.PRNGKey(0)
+    params, opt = m.params, adam.init(m.params)
+    losses = []
+    for _ in range(4):  # the same batch and key every time: the loss must go down
+        params, opt, metrics = train_step(
+            params, opt, m.state, o, d, rgb, key, hyper, cfg=field, opts=opts, variant="flat", reg=RegFlags(), adam=adam
+        )
+        losses.append(float(metrics["total"]))
+        assert bool(metrics["finite"])
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.99 * losses[0], losses
+    assert set(metrics) >= {"mse", "l1", "total", "finite", "sample_overflow", "app_overflow", "valid_samples", "app_samples"}
+
+
+# ------------------------------------------------------------------ a run with an upsample (shared)
+
+N_ITERS, UPSAMPLE_AT, MASK_AT = 8, 4, 1
+"""Events happen after the optimizer step of their iteration: the alpha mask (empty on a fresh model:
+keeps the box, switches the L1 weight) after step index 1, the upsample after step index 4, i.e. when
+5 steps are done."""
+
+
+def _run_cfg() -> ExperimentConfig:
+    return experiment(
+        SMALL_CP_RGB,
+        RenderConfig(),
+        n_iters=N_ITERS,
+        upsample_at=(UPSAMPLE_AT,),
+        alpha_mask_at=(MASK_AT,),
+        n_voxel_init=10**3,
+        n_voxel_final=13**3,
+        lr_init=0.05,
+        lr_basis=5e-3,
+        lr_decay_iters=4,  # fast decay: a missing reset is obvious
+        batch_size=128,
+        log_every=1,
+    )
+
+
+@pytest.fixture(scope="module")
+def reference_run(small_dataset):
+    """One uninterrupted run of N_ITERS steps, recording the parameters at every log point."""
+    cfg = _run_cfg()
+    trainer = Trainer(cfg, small_dataset, log=lambda s: None)
+    snaps = {}
+
+    def on_log(point):
+        snaps[point.step] = (host_copy(trainer.model.params), point, host_copy(trainer.opt_state))
+
+    trainer.run(on_log=on_log)
+    return trainer, snaps
+
+
+def test_upsample_recompiles_once_per_grid_size(reference_run):
+    trainer, _ = reference_run
+    reso0 = n_to_reso(10**3, trainer.dataset.aabb)
+    reso1 = n_to_reso(13**3, trainer.dataset.aabb)
+    assert trainer.model.grid_size == reso1 != reso0
+    assert [c["grid_size"] for c in trainer.compiles] == [reso0, reso1]
+    assert [c["n_samples"] for c in trainer.compiles] == [train_n_samples(reso0, 0.5), train_n_samples(reso1, 0.5)]
+    assert trainer.compiles[1]["step"] == UPSAMPLE_AT + 1
+    assert all(c["seconds"] > 0 for c in trainer.compiles)
+    # more steps at the same shapes reuse the compiled step
+    more = replace_train(trainer.cfg, n_iters=N_ITERS + 2)
+    trainer.cfg, trainer.tc = more, more.train
+    trainer.run()
+    assert trainer.sched.step == N_ITERS + 2 and len(trainer.compiles) == 2
+
+
+def test_learning_rates_reset_and_adam_recreated_at_upsample(reference_run):
+    """After the upsample the next step uses the initial rates with a fresh Adam: its first update of
+    every parameter is lr * g / (|g| + eps), i.e. at most (and, for the largest gradients, almost
+    exactly) the learning rate itself. Without the reset it would be lr * factor^5 (~0.06 lr)."""
+    trainer, snaps = reference_run
+    tc = trainer.tc
+    u = UPSAMPLE_AT + 1
+    before, point, _ = snaps[u]  # logged after the upsample: the parameters the next step starts from
+    after = snaps[u + 1][0]
+    assert point.grid_size == trainer.compiles[1]["grid_size"]
+    assert point.lr_grid == pytest.approx(tc.lr_init, rel=1e-6)  # the rate of the next step
+    assert snaps[u - 1][1].lr_grid == pytest.approx(tc.lr_init * lr_factor(tc, 4) ** (u - 1), rel=1e-5)
+    for group, lr in (("density", tc.lr_init), ("app", tc.lr_init), ("basis_mat", tc.lr_basis)):
+        delta = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(after[group]), jax.tree.leaves(before[group])))
+        assert delta <= lr * (1 + 1e-5), group
+        assert delta >= lr * 0.9, (group, delta / lr)  # (0.98 measured: the largest |g| >> eps)
+
+
+def test_mask_event_on_a_fresh_model_keeps_the_box_and_switches_l1(reference_run):
+    trainer, _ = reference_run
+    ev = [e for e in trainer.events if e["event"] == "alpha_mask"]
+    assert len(ev) == 1 and ev[0].get("empty") is True and ev[0]["step"] == MASK_AT + 1
+    assert trainer.sched.l1_weight == trainer.tc.l1_weight_rest
+    np.testing.assert_array_equal(trainer.model.aabb, trainer.dataset.aabb)
+
+
+# ------------------------------------------------------------------ resume
+
+
+@pytest.fixture(scope="module")
+def partial_checkpoints(small_dataset, tmp_path_factory):
+    """A second run of the same config, checkpointed after 2 steps (before the upsample) and, by the
+    trainer's own checkpoint_every, after 5 steps: exactly at the upsample step."""
+    out = tmp_path_factory.mktemp("partial")
+    cfg = replace_train(_run_cfg(), checkpoint_every=UPSAMPLE_AT + 1)
+    trainer = Trainer(cfg, small_dataset, out_dir=out, log=lambda s: None)
+    trainer.run(max_steps=2)
+    early = trainer.save_checkpoint(out / "early.npz")
+    trainer.run(max_steps=UPSAMPLE_AT + 1 - 2)
+    assert trainer.sched.step == UPSAMPLE_AT + 1 and trainer.sched.upsample_done == 1
+    at_upsample = shutil.copy(out / "checkpoint.npz", out / "at_upsample.npz")
+    return Path(early), Path(at_upsample)
+
+
+def test_resume_before_an_upsample_is_bit_identical(reference_run, partial_checkpoints, small_dataset):
+    early, _ = partial_checkpoints
+    trainer = load_trainer(early, small_dataset)
+    assert trainer.sched.step == 2 and trainer.model.grid_size == trainer.compiles[0]["grid_size"]
+    trainer.run(max_steps=N_ITERS - 2)
+    assert trainer.sched.upsample_done == 1  # the upsample happened after the resume point
+    _, snaps = reference_run
+    _assert_same_run_at(trainer, snaps)
+
+
+def test_resume_from_a_checkpoint_taken_at_the_upsample_step(reference_run, partial_checkpoints, small_dataset):
+    """The seed's bug #4: a checkpoint taken at an upsample step must hold the upsampled grid, the new
+    Adam and the reset rates, and the resumed run must neither skip nor repeat the upsample."""
+    _, at_upsample = partial_checkpoints
+    trainer = load_trainer(at_upsample, small_dataset)
+    ref, snaps = reference_run
+    assert trainer.sched.step == UPSAMPLE_AT + 1 and trainer.sched.upsample_done == 1
+    assert trainer.model.grid_size == ref.compiles[1]["grid_size"]
+    assert trees_bit_identical(host_copy(trainer.model.params), snaps[UPSAMPLE_AT + 1][0])
+    trainer.run(max_steps=N_ITERS - (UPSAMPLE_AT + 1))
+    assert trainer.sched.upsample_done == 1 and len(trainer.events) == len([e for e in ref.events if e.get("step", 0) <= N_ITERS])
+    _assert_same_run_at(trainer, snaps)
+
+
+def _assert_same_run_at(resumed, snaps):
+    """Compare with the reference run's snapshot at the resumed run's step (the reference trainer
+    itself may have been run further by another test)."""
+    step = resumed.sched.step
+    assert step == N_ITERS
+    ref_params, ref_point, ref_opt = snaps[step]
+    assert resumed.model.grid_size == ref_point.grid_size
+    assert trees_bit_identical(host_copy(resumed.model.params), ref_params)
+    assert trees_bit_identical(host_copy(resumed.opt_state), ref_opt)
+    got_curve = [p.mse for p in resumed.history]
+    want_curve = [snaps[s][1].mse for s in sorted(snaps) if s <= step]
+    assert got_curve == want_curve
+
+
+# ------------------------------------------------------------------ smoke training
+
+
+def test_smoke_training_psnr_rises(small_dataset):
+    """The smoke preset's field on the procedural scene, without events, at a raised learning rate:
+    the train PSNR must rise by several dB in 40 steps (about +7 dB measured; the bound is 3)."""
+    cfg = preset("smoke")
+    cfg = dataclasses.replace(
+        cfg,
+        train=dataclasses.replace(
+            cfg.train, n_iters=40, upsample_at=(), alpha_mask_at=(), log_every=10, lr_init=0.08, lr_basis=4e-3
+        ),
+    )
+    trainer = Trainer(cfg, small_dataset, log=lambda s: None)
+    trainer.run()
+    psnr = [p.psnr for p in trainer.history]
+    assert [p.step for p in trainer.history] == [10, 20, 30, 40]
+    assert all(math.isfinite(p) for p in psnr)
+    assert psnr[-1] - psnr[0] >= 3.0, psnr
+    assert len(trainer.compiles) == 1
+
+
+# ------------------------------------------------------------------ non-finite loss
+
+
+def test_non_finite_loss_raises_and_keeps_the_last_good_checkpoint(small_dataset, tmp_path):
+    """A huge learning rate blows the grids up within two steps; the non-finite step is not applied,
+    the run stops with TrainingError, and the checkpoint on disk holds finite parameters."""
+    cfg = replace_train(_run_cfg(), lr_init=1e30, upsample_at=(), alpha_mask_at=(), checkpoint_every=1)
+    trainer = Trainer(cfg, small_dataset, out_dir=tmp_path, log=lambda s: None)
+    with pytest.raises(TrainingError, match="non-finite") as info:
+        trainer.run()
+    assert str(tmp_path) in str(info.value)
+    assert 1 <= trainer.sched.step <= 3
+    arrays, meta = read_npz(tmp_path / "checkpoint.npz")
+    params = {k: v for k, v in arrays.items() if k.startswith("params/")}
+    assert params and all(np.all(np.isfinite(v)) for v in params.values())
+    assert max(float(np.abs(v).max()) for v in params.values()) > 1e20  # the (finite) blown-up step was kept
+    assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(trainer.model.params))
+    assert meta["schedule"]["step"] == trainer.sched.step
