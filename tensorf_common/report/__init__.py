@@ -1,0 +1,15 @@
+"""Framework-neutral report building (numpy, pandas and matplotlib only; never jax or torch).
+
+- :mod:`.presets`: the report presets (``quick``, ``full``, ``gpu``): benchmark size, quality runs,
+  budgets;
+- :mod:`.io`: atomic files, stage records (``RUN_DIR/stages/<name>.json``);
+- :mod:`.machine`: machine, library versions, git commit, load (GPU details are passed in);
+- :mod:`.results`: the results model: benchmark rows from pytest-benchmark JSON, quality rows from
+  run summaries, stage outcomes;
+- :mod:`.tables`: pandas tables with the best value in bold, rendered as markdown and HTML;
+- :mod:`.plots`: matplotlib figures (PNG bytes);
+- :mod:`.summary`: the generated "what this shows" paragraph;
+- :mod:`.build`: ``build_report(run_dir)`` writes ``index.md``, a self-contained ``index.html``,
+  ``results.json`` and CSV files;
+- :mod:`.compare`: two report runs side by side.
+"""

@@ -1,0 +1,154 @@
+"""Atomic files and stage records of a report run.
+
+A report run folder (RUN_DIR) holds one JSON record per finished stage in ``stages/<name>.json``.
+Every file is written to a temporary file in the same folder and renamed into place, so an
+interrupted run never leaves a half-written record: a stage either has its record or it does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Union
+
+PathLike = Union[str, os.PathLike]
+
+STAGES_DIR = "stages"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+STATUSES = ("ok", "failed", "skipped")
+
+
+def _json_default(o: Any):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.integer):
+            return int(o)
+        if isinstance(o, np.floating):
+            return float(o)
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, np.bool_):
+            return bool(o)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, Path):
+        return str(o)
+    if dataclasses.is_dataclass(o):
+        return dataclasses.asdict(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def clean_json(obj: Any) -> Any:
+    """Replace non-finite floats by strings ("inf", "-inf", "nan") so the JSON is strict."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    return obj
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make report files private
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: PathLike, obj: Any) -> Path:
+    text = json.dumps(clean_json(json.loads(json.dumps(obj, default=_json_default))), indent=1, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def read_json(path: PathLike, default: Any = None) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        return default
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+def one_line(text: Any, limit: int = 300) -> str:
+    """The first non-empty line of an error message, shortened."""
+    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def stage_file_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name) + ".json"
+
+
+@dataclass
+class StageRecord:
+    """The outcome of one stage of a report run."""
+
+    name: str
+    kind: str
+    """machine, data, bench, quality, parity."""
+    status: str
+    """ok, failed or skipped."""
+    error: Optional[str] = None
+    """One line, for failed (and skipped) stages."""
+    seconds: float = 0.0
+    started: Optional[str] = None
+    data: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"stage {self.name}: status must be one of {STATUSES}, got {self.status!r}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_json(d: dict) -> "StageRecord":
+        names = {f.name for f in dataclasses.fields(StageRecord)}
+        return StageRecord(**{k: v for k, v in d.items() if k in names})
+
+
+def write_stage(run_dir: PathLike, record: StageRecord) -> Path:
+    return atomic_write_json(Path(run_dir) / STAGES_DIR / stage_file_name(record.name), record.to_json())
+
+
+def read_stage(run_dir: PathLike, name: str) -> Optional[StageRecord]:
+    d = read_json(Path(run_dir) / STAGES_DIR / stage_file_name(name))
+    return None if d is None else StageRecord.from_json(d)
+
+
+def read_stages(run_dir: PathLike) -> dict[str, StageRecord]:
+    """Every stage record of a run, by name (unreadable records are reported as failed)."""
+    out: dict[str, StageRecord] = {}
+    folder = Path(run_dir) / STAGES_DIR
+    if not folder.is_dir():
+        return out
+    for p in sorted(folder.glob("*.json")):
+        try:
+            rec = StageRecord.from_json(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as exc:
+            rec = StageRecord(name=p.stem, kind="unknown", status="failed", error=f"unreadable stage record: {one_line(exc)}")
+        out[rec.name] = rec
+    return out

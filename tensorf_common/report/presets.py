@@ -1,0 +1,217 @@
+"""Report presets: what ``tensorf-bench report --preset NAME`` runs, and for how long.
+
+A preset names the benchmark size (``benchmarks/bench_sizes.py``, passed as ``TENSORF_BENCH_SIZE``),
+the training preset that the quality runs start from (``tensorf_common.config.PRESETS``) with its
+overrides, the wall-clock budget of every quality run, and the compared configurations. Every
+quality run uses the same ``ExperimentConfig`` except its appearance strategy (and precision), the
+same data, the same batches (``BatchSampler`` with the same seed) and the same budget; the torch
+reference trains with the official ``threshold`` appearance.
+
+- ``quick``: the README's first command. The built-in procedural scene at 100x100, 4 test views,
+  45 s per quality run on a fixed 64^3 grid (one compilation per JAX run), benchmarks at the quick
+  size. About 8-10 minutes on a 2-core CPU.
+- ``full``: lego-sized. 400x400 views (the shared ``nerf_synthetic_half/lego``), 10 test views, the
+  cpu training preset (carved box, 64^3 -> 160^3 with four upsamples and two mask updates) for
+  6 minutes per run, benchmarks at the full size. About an hour on a 2-core CPU.
+- ``gpu``: one H100/H200. The official lego configuration for 5 minutes per run, bf16 and fp16
+  quality runs too, benchmarks at the gpu size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..config import ConfigError, ExperimentConfig, preset as training_preset
+
+
+@dataclass(frozen=True)
+class QualitySpec:
+    """One compared configuration of the quality runs."""
+
+    name: str
+    """Stage and folder name, e.g. ``jax-topk``."""
+    framework: str
+    """``jax`` or ``torch``."""
+    appearance: str = "threshold"
+    topk: Optional[int] = None
+    precision: str = "fp32"
+
+    @property
+    def label(self) -> str:
+        if self.framework == "torch":
+            return "torch reference (threshold)"
+        app = self.appearance if self.topk is None else f"{self.appearance}-{self.topk}"
+        return f"JAX {app}" + ("" if self.precision == "fp32" else f" {self.precision}")
+
+
+Overrides = tuple[tuple[str, Any], ...]
+
+
+@dataclass(frozen=True)
+class ReportPreset:
+    """Everything a report run needs besides the dataset."""
+
+    name: str
+    description: str
+    bench_size: str
+    """Benchmark size (``TENSORF_BENCH_SIZE``)."""
+    training_preset: str
+    """Training preset the quality runs start from."""
+    minutes: float
+    """Wall-clock training budget of every quality run (compilation, mask updates, carving count)."""
+    quality: tuple[QualitySpec, ...]
+    train: Overrides = ()
+    render: Overrides = ()
+    data: Overrides = ()
+    field: Overrides = ()
+    figure_views: int = 3
+    """Test views shown as render / ground truth / error images."""
+    default_data: Optional[str] = None
+    """Dataset when ``--data`` is not given (None: the built-in procedural scene)."""
+    bench_timeout_s: int = 1800
+    parity: bool = True
+    parity_timeout_s: int = 900
+    quality_overhead_s: float = 30.0
+    """Estimated seconds per quality run besides the budget (start-up, loading, evaluation)."""
+    bench_estimate_s: float = 180.0
+    parity_estimate_s: float = 60.0
+
+    def experiment(self, spec: Optional[QualitySpec] = None) -> ExperimentConfig:
+        """The quality runs' ExperimentConfig (with ``spec``'s appearance and precision)."""
+        base = training_preset(self.training_preset)
+        parts = {}
+        for section, overrides in (("field", self.field), ("render", self.render), ("train", self.train),
+                                   ("data", self.data)):
+            parts[section] = dataclasses.replace(getattr(base, section), **dict(overrides))
+        cfg = dataclasses.replace(base, **parts)
+        train = dataclasses.replace(cfg.train, minutes=self.minutes)
+        cfg = dataclasses.replace(cfg, train=train)
+        if spec is None:
+            return cfg
+        render = cfg.render
+        app = spec.appearance if spec.framework == "jax" else "threshold"
+        render = dataclasses.replace(
+            render,
+            appearance=app,
+            topk=spec.topk or render.topk,
+            app_capacity=render.app_capacity if app == "threshold" else None,
+        )
+        train = dataclasses.replace(cfg.train, precision=spec.precision)
+        return dataclasses.replace(cfg, render=render, train=train)
+
+    def quality_seconds(self) -> float:
+        return len(self.quality) * (60.0 * self.minutes + self.quality_overhead_s)
+
+    def estimate_seconds(self) -> float:
+        return self.bench_estimate_s + self.quality_seconds() + (self.parity_estimate_s if self.parity else 0.0) + 15.0
+
+
+CPU_RUNS = (
+    QualitySpec("jax-topk", "jax", "topk", 32),
+    QualitySpec("jax-threshold", "jax", "threshold"),
+    QualitySpec("jax-all", "jax", "all"),
+    QualitySpec("torch", "torch"),
+)
+
+GPU_RUNS = CPU_RUNS + (
+    QualitySpec("jax-topk-bf16", "jax", "topk", 32, precision="bf16"),
+    QualitySpec("jax-topk-fp16", "jax", "topk", 32, precision="fp16"),
+)
+
+
+def _quick() -> ReportPreset:
+    return ReportPreset(
+        name="quick",
+        description="procedural scene at 100x100, 4 test views, 45 s per quality run on a fixed 64^3 grid, "
+        "quick benchmarks (about 8-10 min on 2 CPU cores)",
+        bench_size="quick",
+        training_preset="cpu",
+        minutes=0.75,
+        quality=CPU_RUNS,
+        train=(("upsample_at", ()), ("alpha_mask_at", ()), ("n_voxel_init", 64**3), ("n_voxel_final", 64**3),
+               ("log_every", 25)),
+        data=(("downsample", 2), ("test_stride", 50), ("max_test_views", 4)),
+        figure_views=2,
+        bench_timeout_s=600,
+        parity_timeout_s=300,
+        quality_overhead_s=25.0,
+        bench_estimate_s=170.0,
+        parity_estimate_s=60.0,
+    )
+
+
+def _full() -> ReportPreset:
+    return ReportPreset(
+        name="full",
+        description="lego-sized: 400x400 views, 10 test views, the cpu training preset (carved box, "
+        "64^3 -> 160^3) for 6 min per quality run, full benchmarks (about an hour on 2 CPU cores)",
+        bench_size="full",
+        training_preset="cpu",
+        minutes=6.0,
+        quality=CPU_RUNS,
+        train=(("log_every", 50),),
+        data=(("test_stride", 20), ("max_test_views", 10)),
+        figure_views=3,
+        bench_timeout_s=3600,
+        parity_timeout_s=900,
+        quality_overhead_s=150.0,
+        bench_estimate_s=900.0,
+        parity_estimate_s=120.0,
+    )
+
+
+def _gpu() -> ReportPreset:
+    return ReportPreset(
+        name="gpu",
+        description="one H100/H200: the official lego configuration for 5 min per quality run, bf16 and fp16 "
+        "runs, gpu-size benchmarks",
+        bench_size="gpu",
+        training_preset="official",
+        minutes=5.0,
+        quality=GPU_RUNS,
+        train=(("schedule_unit", "iter"),),
+        data=(("test_stride", 8), ("max_test_views", 25)),
+        figure_views=3,
+        bench_timeout_s=3600,
+        parity_timeout_s=900,
+        quality_overhead_s=90.0,
+        bench_estimate_s=600.0,
+        parity_estimate_s=120.0,
+    )
+
+
+def _smoke() -> ReportPreset:
+    """For tests of the runner: seconds."""
+    return ReportPreset(
+        name="smoke",
+        description="tests only: the smoke training preset, 0.1 min per run, smoke benchmarks",
+        bench_size="smoke",
+        training_preset="smoke",
+        minutes=0.1,
+        quality=CPU_RUNS,
+        data=(("downsample", 1), ("max_test_views", 2)),
+        figure_views=1,
+        bench_timeout_s=600,
+        parity=False,
+        quality_overhead_s=20.0,
+        bench_estimate_s=120.0,
+    )
+
+
+REPORT_PRESETS = {"quick": _quick, "full": _full, "gpu": _gpu, "smoke": _smoke}
+"""Report presets by name; each call returns a fresh frozen preset."""
+
+
+def report_preset(name: str) -> ReportPreset:
+    if name not in REPORT_PRESETS:
+        raise ConfigError(f"--preset: unknown report preset {name!r}; choose one of {sorted(REPORT_PRESETS)}")
+    return REPORT_PRESETS[name]()
+
+
+def preset_to_json(p: ReportPreset) -> dict:
+    d = dataclasses.asdict(p)
+    for key in ("train", "render", "data", "field"):
+        d[key] = {k: v for k, v in getattr(p, key)}
+    return d

@@ -1,0 +1,211 @@
+"""tensorf_bench.report_runner: stages recorded atomically, a failing stage does not sink the report,
+exit codes, --resume skipping finished stages, interrupted runs, subprocess handling; the quality-run
+child process on the small scene; `tensorf-bench compare` and `report` on the command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from tensorf_bench import report_runner as rr
+from tensorf_common.report.compare import compare_markdown
+from tensorf_common.report.io import StageRecord, read_stages
+from tensorf_common.report.presets import report_preset
+
+from test_report_build import make_fake_run
+
+
+class FakeStages:
+    """Stage functions that count their calls; ``fail`` names stages that raise, ``interrupt`` one
+    that raises KeyboardInterrupt."""
+
+    def __init__(self, fail=(), interrupt=None):
+        self.calls: list[str] = []
+        self.fail = set(fail)
+        self.interrupt = interrupt
+
+    def fn(self, name):
+        def run(ctx):
+            self.calls.append(name)
+            if name == self.interrupt:
+                raise KeyboardInterrupt
+            if name in self.fail:
+                raise RuntimeError(f"{name} broke\nsecond line of the traceback")
+            if name.startswith("quality-"):
+                return "ok", None, {"spec": {"name": name[8:], "framework": "jax"}, "label": name, "budget_s": 6.0}
+            if name == "parity":
+                return "skipped", "no `tensorf-bench parity` command in this checkout", {"available": False}
+            return "ok", None, {"stage": name}
+
+        return run
+
+    def overrides(self, preset):
+        names = ["machine", "data", "bench", "parity"] + [f"quality-{q.name}" for q in preset.quality]
+        return {n: self.fn(n) for n in names}
+
+
+def _runner(run_dir, fakes, resume=False, **kw):
+    preset = report_preset("smoke")
+    return rr.ReportRun(run_dir=run_dir, preset=preset, command="tensorf-bench report --preset smoke", resume=resume,
+                        progress=False, stage_overrides=fakes.overrides(preset), **kw)
+
+
+def test_all_stages_ok_exit_zero_and_report_written(tmp_path):
+    fakes = FakeStages()
+    code = _runner(tmp_path / "run", fakes).run()
+    assert code == 0
+    recs = read_stages(tmp_path / "run")
+    assert {r.status for r in recs.values()} == {"ok"}  # the smoke preset has no parity stage
+    assert fakes.calls[:3] == ["machine", "data", "bench"]
+    assert (tmp_path / "run" / "index.md").is_file() and (tmp_path / "run" / "index.html").is_file()
+    meta = json.loads((tmp_path / "run" / "report.json").read_text())
+    assert meta["preset"]["name"] == "smoke" and meta["command"].startswith("tensorf-bench report")
+
+
+def test_failing_stage_is_recorded_and_the_rest_still_runs(tmp_path):
+    fakes = FakeStages(fail={"bench", "quality-jax-all"})
+    code = _runner(tmp_path / "run", fakes).run()
+    assert code == 1
+    recs = read_stages(tmp_path / "run")
+    assert recs["bench"].status == "failed" and recs["bench"].error == "RuntimeError: bench broke"
+    assert recs["quality-torch"].status == "ok"  # ran after the failures
+    md = (tmp_path / "run" / "index.md").read_text()
+    assert "RuntimeError: bench broke" in md and "RuntimeError: quality-jax-all broke" in md
+    assert "second line" not in md
+
+
+def test_resume_skips_finished_stages(tmp_path):
+    run = tmp_path / "run"
+    assert _runner(run, FakeStages(fail={"quality-jax-topk"})).run() == 1
+    again = FakeStages()
+    assert _runner(run, again, resume=True).run() == 0
+    assert again.calls == ["quality-jax-topk"]  # only the failed stage ran again
+    assert read_stages(run)["quality-jax-topk"].status == "ok"
+    meta = json.loads((run / "report.json").read_text())
+    assert len(meta["resumed"]) == 1
+
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path, capsys):
+    run = tmp_path / "run"
+    code = _runner(run, FakeStages(interrupt="quality-jax-threshold")).run()
+    assert code == 130
+    assert "--resume" in capsys.readouterr().err
+    recs = read_stages(run)
+    assert "quality-jax-threshold" not in recs and recs["quality-jax-topk"].status == "ok"
+    again = FakeStages()
+    assert _runner(run, again, resume=True).run() == 0
+    assert again.calls == ["quality-jax-threshold", "quality-jax-all", "quality-torch"]
+
+
+def test_refuses_a_used_folder_and_a_bad_resume(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "something").write_text("x")
+    with pytest.raises(rr.ReportError, match="--resume"):
+        _runner(run, FakeStages()).run()
+    with pytest.raises(rr.ReportError, match="not a report run"):
+        _runner(tmp_path / "nothing", FakeStages(), resume=True).run()
+
+
+def test_skip_and_only_select_stages(tmp_path):
+    fakes = FakeStages()
+    _runner(tmp_path / "run", fakes, skip=("bench",), quality_only=("torch",)).run()
+    assert fakes.calls == ["machine", "data", "quality-torch"]
+
+
+def test_parity_not_available_is_skipped_not_failed(tmp_path, monkeypatch):
+    monkeypatch.setattr(rr, "parity_available", lambda: False)
+    status, error, data = rr.stage_parity(None)
+    assert status == "skipped" and "no `tensorf-bench parity`" in error and data == {"available": False}
+
+
+def test_run_child_logs_output_times_out_and_names_the_error(tmp_path):
+    lines = []
+    code = ("import sys\nprint('hello', flush=True)\nprint('@@progress {\"step\": 1}', flush=True)\n"
+            "raise MemoryError('out of memory in step 3')\n")
+    rc, tail = rr.run_child([sys.executable, "-c", code], tmp_path / "a.log", env=rr.child_env(), timeout_s=60,
+                            on_line=lines.append)
+    assert rc == 1 and "hello" in lines and (tmp_path / "a.log").read_text().count("\nhello\n") == 1
+    assert rr._error_line(rc, tail) == "MemoryError: out of memory in step 3"
+    rc, tail = rr.run_child([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "b.log",
+                            env=rr.child_env(), timeout_s=1)
+    assert rc == 124 and "time limit" in rr._error_line(rc, tail)
+    assert rr._error_line(-9, []).startswith("killed by signal 9")
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_quality_child_trains_evaluates_and_prunes(tmp_path, small_scene, framework):
+    """One real quality run on the small scene: run.json written (steps, history, evaluation), renders
+    pruned. The budget is generous so that the run ends at n_iters on any machine (stopping at a
+    budget is tested in test_torch_training_wall_clock.py and by the JAX trainer's tests)."""
+    import dataclasses
+
+    from tensorf_common.config import preset
+
+    cfg = preset("smoke")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, minutes=5.0, n_iters=6, upsample_at=(),
+                                                              alpha_mask_at=(), log_every=2),
+                              render=dataclasses.replace(cfg.render, appearance="topk", topk=8))
+    out = tmp_path / framework
+    out.mkdir()
+    job = {"spec": {"name": framework, "framework": framework, "appearance": "topk", "topk": 8, "precision": "fp32"},
+           "config": cfg.to_dict(), "data_dir": str(small_scene), "out_dir": str(out), "lpips": False,
+           "keep_models": False, "keep_renders": False, "figure_views": ["r_1"]}
+    (out / "job.json").write_text(json.dumps(job))
+    assert rr.quality_main(str(out / "job.json")) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["framework"] == framework and run["budget_s"] == pytest.approx(300.0)
+    assert run["steps"] == 6 and run["eval"]["n_images"] == 2 and run["rays_per_s"] > 0
+    assert all("elapsed" in h for h in run["history"])
+    assert sorted(p.name for p in (out / "eval").glob("*.png")) == ["r_1.png"]
+    assert not (out / "model.npz").exists() and not (out / "checkpoint.npz").exists()
+    assert (out / "eval" / "metrics.json").is_file()
+
+
+def test_compare_two_runs(tmp_path):
+    a = make_fake_run(tmp_path / "a")
+    b = make_fake_run(tmp_path / "b", bench_scale=0.5, failed_quality="jax-all")
+    from tensorf_common.report.build import build_report
+
+    build_report(a)
+    build_report(b)
+    md = compare_markdown(a, b)
+    assert "**A**" in md and "**B**" in md
+    assert "| vmap | lookup | rays forward | 100 ms | 50 ms | 2.00× |" in md
+    assert "| JAX threshold | PSNR | 25.10 | 25.10 | +0 |" in md
+    assert "| JAX all | PSNR | 23.00 | – | – |" in md
+
+
+def test_cli_compare_and_report_errors(tmp_path, capsys):
+    from tensorf_bench.cli import main
+    from tensorf_common.report.build import build_report
+
+    a = make_fake_run(tmp_path / "a")
+    build_report(a)
+    assert main(["compare", str(a), str(a), "--out", str(tmp_path / "cmp.md")]) == 0
+    assert "1.00×" in (tmp_path / "cmp.md").read_text()
+    assert main(["compare", str(a), str(tmp_path / "missing")]) == 2
+    assert "no results.json" in capsys.readouterr().err
+    assert main(["report", "--resume", str(tmp_path / "missing")]) == 2
+    assert main(["report", "--preset", "nope", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown report preset" in capsys.readouterr().err
+
+
+def test_run_benchmarks_records_json_outcomes_and_progress(tmp_path):
+    """The benchmark stage's subprocess on one cheap benchmark (smoke size, timed once)."""
+    seen = []
+    res = rr.run_benchmarks(tmp_path / "b.json", tmp_path / "o.jsonl", tmp_path / "b.log", "smoke", timeout_s=600,
+                            extra_args=("-k", "test_framework and field and torch"),
+                            progress=lambda f, t: seen.append((f, t)))
+    assert res["returncode"] == 0 and res["error"] is None, (tmp_path / "b.log").read_text()[-2000:]
+    bench = json.loads((tmp_path / "b.json").read_text())
+    names = [b["name"] for b in bench["benchmarks"]]
+    assert names == ["test_framework[field-torch-eager]"]
+    info = bench["benchmarks"][0]["extra_info"]
+    assert info["impl"] == "torch-eager" and info["size"] == "smoke" and info["allocator"] in ("mimalloc", "system")
+    outcomes = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert {o["outcome"] for o in outcomes} <= {"passed", "skipped"}
+    assert seen and seen[-1][0] == 1.0
