@@ -1,0 +1,109 @@
+"""`tensorf-bench train / eval / render` in-process on the small procedural scene: the files a run
+writes (named like the ground truth), the last line, run.json, resume and preset errors (exit 2, one
+line), and eval/render of the trained run."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tensorf_bench.cli import main
+
+STEPS = 3
+
+
+def _cli(args):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def trained(small_scene, tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli") / "RUN"
+    rc, out, err = _cli(["train", "--data", small_scene, "--preset", "smoke", "--out", run, "--steps", STEPS, "--no-progress", "--no-lpips"])
+    assert rc == 0, err
+    return run, out, err
+
+
+def test_train_writes_the_run_files(trained, small_dataset):
+    run, out, _ = trained
+    for name in ("checkpoint.npz", "model.npz", "run.json", "eval/metrics.json", "eval/metrics.csv"):
+        assert (run / name).is_file(), name
+    # the smoke preset evaluates at most 2 test views; renders are named like the ground truth frames
+    names = small_dataset["test"].frame_names[:2]
+    assert names[0] == "r_0"
+    for n in names:
+        assert (run / "eval" / f"{n}.png").is_file() and (run / "eval" / "depth" / f"{n}.png").is_file()
+    from PIL import Image
+
+    img = np.asarray(Image.open(run / "eval" / f"{names[0]}.png"))
+    assert img.shape[:2] == (small_dataset["test"].height, small_dataset["test"].width)
+    assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]  # atomic writes left nothing behind
+
+
+def test_train_run_json_and_last_line(trained):
+    run, out, _ = trained
+    summary = json.loads((run / "run.json").read_text())
+    assert summary["framework"] == "jax" and summary["steps"] == STEPS
+    assert summary["config"]["train"]["n_iters"] == STEPS
+    assert summary["config"]["train"]["batch_size"] == 256  # the smoke preset
+    assert len(summary["compiles"]) == 1 and summary["compiles"][0]["grid_size"] == [16, 16, 16]
+    assert summary["eval"]["n_images"] == 2
+    mean = summary["eval"]["mean"]["psnr"]
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert metrics["mean"]["psnr"] == pytest.approx(mean)
+    last = out.strip().splitlines()[-1]
+    m = re.fullmatch(r"mean test PSNR ([0-9.]+) dB .*", last)
+    assert m, last
+    assert float(m.group(1)) == pytest.approx(mean, abs=0.005)
+
+
+def test_resume_without_checkpoint_exits_2_with_one_line(small_scene, tmp_path):
+    rc, out, err = _cli(["train", "--data", small_scene, "--preset", "smoke", "--out", tmp_path / "empty", "--resume", "--no-progress"])
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "checkpoint.npz" in lines[0]
+    assert not (tmp_path / "empty" / "run.json").exists()
+
+
+def test_unknown_preset_exits_2(small_scene, tmp_path):
+    rc, out, err = _cli(["train", "--data", small_scene, "--preset", "no-such-preset", "--out", tmp_path / "x"])
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "no-such-preset" in lines[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_eval_run_dir_reproduces_the_training_evaluation(trained):
+    run, _, _ = trained
+    rc, out, err = _cli(["eval", "--run-dir", run, "--max-views", 2, "--no-lpips"])
+    assert rc == 0, err
+    out_dir = run / "eval-test"
+    assert (out_dir / "r_0.png").is_file() and (out_dir / "metrics.json").is_file()
+    got = json.loads((out_dir / "metrics.json").read_text())
+    want = json.loads((run / "eval" / "metrics.json").read_text())
+    # the saved model renders exactly what the trained one did
+    assert got["mean"]["psnr"] == pytest.approx(want["mean"]["psnr"], abs=1e-6)
+    assert out.strip().splitlines()[-1].startswith("mean test PSNR")
+
+
+def test_render_views_and_orbit(trained):
+    run, _, _ = trained
+    rc, out, err = _cli(["render", "--run-dir", run, "--views", 0, "--orbit", 3])
+    assert rc == 0, err
+    out_dir = run / "render"
+    assert (out_dir / "r_0.png").is_file() and (out_dir / "depth" / "r_0.png").is_file()
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(out_dir / "orbit.gif")
+    assert len(frames) == 3 and frames[0].shape[:2] == (32, 32)
+    rc, _, err = _cli(["render", "--run-dir", run, "--views", 99])
+    assert rc == 2 and err.strip().startswith("error: ") and "99" in err
