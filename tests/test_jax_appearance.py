@@ -22,16 +22,7 @@ OFFICIAL = FieldConfig()  # MLP_Fea, app_dim 27, view_pe 2, fea_pe 2, pos_pe 6, 
     "mode, in_width",
     [
         ("MLP_Fea", 150),  # 27 + 3 + 2*2*27 + 2*2*3 (official in_mlpC)
-        pytest.param(
-            "MLP_PE",
-            81,  # official in_mlpC = (3 + 2*2*3) + (3 + 2*6*3) + 27
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG (known twin gap, parity_tests/test_appearance.py MLP_PE_GAP): MLPRender_PE feeds "
-                "[feat, dir, PE(pts), PE(dir)] = 78 columns while its own in_c (and the official in_mlpC, and "
-                "torch_reference) count 81; the kernel is (78, 128) and its init bound uses fan_in 81",
-            ),
-        ),
+        ("MLP_PE", 81),  # (3 + 2*2*3) + (3 + 2*6*3) + 27: feat, dir, pts, PE(pts), PE(dir) (official in_mlpC)
         ("MLP", 42),  # (3 + 2*2*3) + 27
     ],
 )

@@ -128,29 +128,6 @@ def cp_grid():
     return {"lines": [_rand(rng, fields.line_shape(GRID, k, 5)) for k in range(3)]}
 
 
-@functools.partial(jax.jit, static_argnums=3)
-def _all_features(vm, cp, pts, variant):
-    return (
-        fields.vm_features(vm["planes"], vm["lines"], pts, variant),
-        fields.vm_density_feature(vm["planes"], vm["lines"], pts, variant),
-        fields.cp_features(cp["lines"], pts, variant),
-    )
-
-
-@functools.partial(jax.jit, static_argnums=5)
-def _all_grads(vm, cp, pts, wv, wc, variant):
-    """Gradients of random projections of ``vm_features`` and ``cp_features``. (``vm_density_feature``
-    is the sum of the same per-pair products, so its gradient is the ``vm_features`` one with equal
-    weights; it is left out to keep the compile small.)"""
-
-    def loss(vm, cp):
-        f = fields.vm_features(vm["planes"], vm["lines"], pts, variant)
-        c = fields.cp_features(cp["lines"], pts, variant)
-        return jnp.sum(f * wv) + jnp.sum(c * wc)
-
-    return jax.grad(loss, argnums=(0, 1))(vm, cp)
-
-
 @pytest.fixture(scope="module")
 def points():
     """(R=6, N=5, 3) normalised points, some outside [-1, 1] (zero padding must agree too)."""
@@ -158,41 +135,75 @@ def points():
     return jnp.asarray(rng.uniform(-1.15, 1.15, size=(6, 5, 3)).astype(np.float32))
 
 
-def test_vm_features_match_reference(vm_grid, points):
-    got = np.asarray(fields.vm_features(vm_grid["planes"], vm_grid["lines"], points, "flat"))
+@functools.partial(jax.jit, static_argnums=5)
+def _features_and_grads(vm, cp, pts, wv, wc, variant):
+    """``vm_features``, ``vm_density_feature`` and ``cp_features`` with one variant, and the gradients
+    of random projections of ``vm_features`` and ``cp_features`` (one compile per variant).
+    (``vm_density_feature`` sums the same per-pair products, so its gradient is the ``vm_features``
+    one with equal weights; it is left out of the loss to keep the compile small.)"""
+
+    def loss(vm, cp):
+        f = fields.vm_features(vm["planes"], vm["lines"], pts, variant)
+        c = fields.cp_features(cp["lines"], pts, variant)
+        return jnp.sum(f * wv) + jnp.sum(c * wc), (f, c)
+
+    grads, (f, c) = jax.grad(loss, argnums=(0, 1), has_aux=True)(vm, cp)
+    return (f, fields.vm_density_feature(vm["planes"], vm["lines"], pts, variant), c), grads
+
+
+@pytest.fixture(scope="module")
+def weights():
+    rng = np.random.default_rng(6)
+    return (
+        jnp.asarray(rng.normal(size=(6, 5, sum(COMPS))).astype(np.float32)),
+        jnp.asarray(rng.normal(size=(6, 5, 5)).astype(np.float32)),
+    )
+
+
+@pytest.fixture(scope="module")
+def by_variant(vm_grid, cp_grid, points, weights):
+    cache = {}
+
+    def get(variant):
+        if variant not in cache:
+            cache[variant] = _features_and_grads(vm_grid, cp_grid, points, *weights, variant)
+        return cache[variant]
+
+    return get
+
+
+def test_vm_features_match_reference(vm_grid, points, by_variant):
+    (got, dens, _), _ = by_variant("flat")
+    got = np.asarray(got)
     assert got.shape == (6, 5, sum(COMPS))
     want = np_vm_features([np.asarray(p) for p in vm_grid["planes"]], [np.asarray(l) for l in vm_grid["lines"]], np.asarray(points).reshape(-1, 3))
     np.testing.assert_allclose(got.reshape(-1, sum(COMPS)), want, rtol=1e-5, atol=1e-5)
-    dens = np.asarray(fields.vm_density_feature(vm_grid["planes"], vm_grid["lines"], points, "flat"))
+    dens = np.asarray(dens)
     assert dens.shape == (6, 5)
     np.testing.assert_allclose(dens.reshape(-1), want.sum(-1), rtol=1e-5, atol=1e-4)
 
 
-def test_cp_features_match_reference(cp_grid, points):
-    got = np.asarray(fields.cp_features(cp_grid["lines"], points, "flat"))
+def test_cp_features_match_reference(cp_grid, points, by_variant):
+    got = np.asarray(by_variant("flat")[0][2])
     assert got.shape == (6, 5, 5)
     want = np_cp_features([np.asarray(l) for l in cp_grid["lines"]], np.asarray(points).reshape(-1, 3))
     np.testing.assert_allclose(got.reshape(-1, 5), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("variant", VARIANTS[1:])
-def test_vmap_variants_same_values(vm_grid, cp_grid, points, variant):
+def test_vmap_variants_same_values(by_variant, variant):
     """The issue's requirement: every vmap variant gives the same numbers (max-abs <= 1e-6)."""
-    refs = _all_features(vm_grid, cp_grid, points, "flat")
-    gots = _all_features(vm_grid, cp_grid, points, variant)
+    refs, _ = by_variant("flat")
+    gots, _ = by_variant(variant)
     for name, ref, got in zip(("vm_features", "vm_density_feature", "cp_features"), refs, gots):
         assert got.shape == ref.shape, name
         assert float(jnp.max(jnp.abs(got - ref))) <= 1e-6, (name, variant)
 
 
 @pytest.mark.parametrize("variant", VARIANTS[1:])
-def test_vmap_variants_same_gradients(vm_grid, cp_grid, points, variant):
-    rng = np.random.default_rng(6)
-    wv = jnp.asarray(rng.normal(size=(6, 5, sum(COMPS))).astype(np.float32))
-    wc = jnp.asarray(rng.normal(size=(6, 5, 5)).astype(np.float32))
-
-    ref = _all_grads(vm_grid, cp_grid, points, wv, wc, "flat")
-    got = _all_grads(vm_grid, cp_grid, points, wv, wc, variant)
+def test_vmap_variants_same_gradients(by_variant, variant):
+    _, ref = by_variant("flat")
+    _, got = by_variant(variant)
     ref_leaves, got_leaves = jax.tree.leaves_with_path(ref), jax.tree.leaves(got)
     assert len(ref_leaves) == len(got_leaves) == 9  # VM: 3 planes + 3 lines; CP: 3 lines
     for (path, a), b in zip(ref_leaves, got_leaves):

@@ -72,13 +72,9 @@ def test_ortho_loss_by_hand():
     np.testing.assert_allclose(float(ortho_loss([jnp.asarray(l) for l in lines])), want, rtol=1e-5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (known twin gap, parity_tests/test_regularizers.py): jax_tensorf/regularizers.py ortho_loss "
-    "returns NaN for a line with a single component (mean over an empty off-diagonal); torch_reference "
-    "skips such lines (adds 0), so a rank-1 model with ortho_weight > 0 trains on a NaN loss",
-)
 def test_ortho_loss_single_component_line_adds_zero():
+    """A line with one component has no off-diagonal entry: it adds 0 (as torch_reference), not the
+    official NaN of an empty mean, which would poison a rank-1 model's loss."""
     two = jnp.asarray(np.array([[1.0, 1.0], [0.0, 1.0]], np.float32))  # off-diagonal 1
     one = jnp.ones((5, 1))
     assert float(ortho_loss([two, one])) == pytest.approx(1.0)
