@@ -260,13 +260,19 @@ def assert_close(component: str, jax_value: Any, torch_value: Any, tol: Toleranc
     return c
 
 
+def assert_all_close(items: Sequence[tuple[str, Any, Any]], tol: Tolerance = FP32, note: str = "") -> list[Comparison]:
+    """:func:`assert_close` for several ``(component, jax_value, torch_value)`` at once: every one is
+    recorded (one table row each), then one failure names all that are out of tolerance."""
+    results = [compare(name, a, b, tol) for name, a, b in items]
+    for c in results:
+        record(c.row(note))
+    bad = [c for c in results if not c.passed]
+    if bad:
+        raise AssertionError("\n".join(c.message() for c in bad))
+    return results
+
+
 def assert_scalar_close(component: str, jax_value: float, torch_value: float, tol: Tolerance = PSNR, note: str = "") -> Comparison:
     """:func:`assert_close` for two Python scalars (e.g. PSNRs in dB)."""
     return assert_close(component, np.float64(jax_value), np.float64(torch_value), tol, note)
 
-
-def pairs(jax_seq: Sequence[Any], torch_seq: Sequence[Any]) -> list[tuple[Any, Any]]:
-    """zip that insists on equal lengths (a helper for tests that build lists of leaves)."""
-    if len(jax_seq) != len(torch_seq):
-        raise AssertionError(f"length {len(jax_seq)} (jax) != {len(torch_seq)} (torch)")
-    return list(zip(jax_seq, torch_seq))

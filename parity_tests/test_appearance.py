@@ -2,6 +2,8 @@
 
 The twins are whole models built by torch_reference and converted by tensorf_convert, so the MLP
 kernels went through the key table (``mlp.{0,2,4}.weight`` -> ``render/mlp_{0,2,4}/kernel``).
+``MLPRender_PE`` feeds ``[feat, dir, pts, PE(pts), PE(dir)]`` on both sides (the official forward
+omits ``pts`` and cannot run; this suite found the JAX twin doing that, fixed in 172c979).
 """
 
 from __future__ import annotations
@@ -14,14 +16,6 @@ import torch
 
 from compare import assert_close
 from jax_tensorf.appearance import apply_render
-from tensorf_common.errors import ConversionError
-
-MLP_PE_GAP = (
-    "twin gap: jax_tensorf.appearance.MLPRender_PE feeds [feat, dir, PE(pts), PE(dir)] (the official "
-    "forward, 3 inputs short of the official in_mlpC) while torch_reference feeds the raw pts too "
-    "(its documented fix); the first kernels differ by 3 rows, so the weights cannot be converted"
-)
-
 
 def _inputs(n: int, app_dim: int, seed: int = 0):
     rng = np.random.default_rng(seed)
@@ -32,10 +26,7 @@ def _inputs(n: int, app_dim: int, seed: int = 0):
     return pts, d, feat
 
 
-@pytest.mark.parametrize(
-    "shading",
-    ["MLP_Fea", "MLP", pytest.param("MLP_PE", marks=pytest.mark.xfail(strict=True, reason=MLP_PE_GAP)), "SH", "RGB"],
-)
+@pytest.mark.parametrize("shading", ["MLP_Fea", "MLP", "MLP_PE", "SH", "RGB"])
 def test_render_module(twins, shading):
     tm, jm = twins.make_pair(shading=shading)
     pts, d, feat = _inputs(1024, jm.field_cfg.app_dim, seed=1)
@@ -44,18 +35,6 @@ def test_render_module(twins, shading):
     with torch.no_grad():
         want = tm.renderModule(torch.from_numpy(pts), torch.from_numpy(d), torch.from_numpy(feat))
     assert_close(f"appearance.{shading}", got, want)
-
-
-def test_mlp_pe_jax_weights_do_not_convert(twins):
-    """The MLP_PE gap as it is today: JAX-initialised MLP_PE weights are refused by the shape guard,
-    which names the key and both shapes (torch -> JAX converts, then flax refuses the kernel)."""
-    from jax_tensorf.model import init_params
-    from tensorf_convert.state_dict import jax_to_torch
-
-    cfg = twins.field_config(shading="MLP_PE")
-    params = init_params(jax.random.PRNGKey(0), cfg, twins.GRID)
-    with pytest.raises(ConversionError, match=r"renderModule\.mlp\.0\.weight.*has shape \(\d+, 16\), expected \(\d+, 16\)"):
-        jax_to_torch(params, cfg)
 
 
 @pytest.mark.parametrize("model", ["VM", "CP"])

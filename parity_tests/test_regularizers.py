@@ -14,12 +14,6 @@ import torch_reference.regularizers as tr
 from compare import GRAD, assert_close
 from tensorf_convert.state_dict import ModelSpec, jax_to_torch, line_to_jax, line_to_torch, plane_to_jax
 
-SINGLE_COMPONENT_GAP = (
-    "twin gap: jax_tensorf.regularizers.ortho_loss returns NaN for a line with one component (the mean "
-    "of an empty off-diagonal, as the official code); torch_reference adds 0 there (its documented fix)"
-)
-
-
 def _grids(model: str, seed: int = 0, comps=(3, 4, 5)):
     g = torch.Generator().manual_seed(seed)
     grid = (13, 11, 9)
@@ -73,8 +67,8 @@ def test_ortho_loss(model):
     _check("ortho_loss", lambda g: jr.ortho_loss(g["lines"]), lambda g: tr.ortho_loss(g["lines"]), model)
 
 
-@pytest.mark.xfail(strict=True, reason=SINGLE_COMPONENT_GAP)
 def test_ortho_loss_single_component_lines():
+    """A one-component line adds 0 on both sides (officially a NaN mean; found here, fixed in 172c979)."""
     lines = [torch.randn(1, 1, n, 1) for n in (9, 11, 13)]
     got = jr.ortho_loss([jnp.asarray(line_to_jax(l)) for l in lines])
     assert_close("regularizers.ortho_loss[one component]", got, tr.ortho_loss(lines))
@@ -85,13 +79,14 @@ def test_model_regularizer_methods_match_the_functions(twins):
     functions on the converted model params: the whole-model wiring of the regularisers."""
     for model in ("VM", "CP"):
         tm, jm = twins.make_pair(model)
-        p = jm.params
-        got = {
-            "l1": jr.density_l1(p["density"]),
-            "tv_density": jr.tv_loss(p["density"]),
-            "tv_app": jr.tv_loss(p["app"]),
-            "ortho": jr.ortho_loss(p["density"]["lines"]) + jr.ortho_loss(p["app"]["lines"]),
-        }
+        got = jax.jit(
+            lambda p: {
+                "l1": jr.density_l1(p["density"]),
+                "tv_density": jr.tv_loss(p["density"]),
+                "tv_app": jr.tv_loss(p["app"]),
+                "ortho": jr.ortho_loss(p["density"]["lines"]) + jr.ortho_loss(p["app"]["lines"]),
+            }
+        )(jm.params)
         with torch.no_grad():
             want = {"l1": tm.density_L1(), "tv_density": tm.TV_loss_density(), "tv_app": tm.TV_loss_app(), "ortho": tm.vector_comp_diffs()}
         assert_close(f"regularizers.model_methods[{model}]", got, want)

@@ -26,7 +26,7 @@ import torch
 
 import jax_tensorf.rendering as jr
 import torch_reference.rendering as tr
-from compare import assert_close
+from compare import assert_all_close, assert_close
 from jax_tensorf.alpha_mask import query_alpha_mask
 from jax_tensorf.sampling import normalize_coord
 
@@ -127,58 +127,65 @@ def _gumbel_like_jax(key, R, N):
     return np.array(jax.vmap(lambda kk: jax.random.gumbel(kk, (N,)))(keys))
 
 
-CASES = [(s, m, False) for s in STRATEGIES for m in ("train", "eval")] + [
-    ("threshold", "train", True),
-    ("threshold", "eval", True),
-    ("all~threshold0", "eval", True),
-]
+CASES = {
+    # (mode, masked): the strategies rendered together (one JAX compilation per case)
+    ("train", False): list(STRATEGIES),
+    ("eval", False): list(STRATEGIES),
+    ("train", True): ["threshold"],
+    ("eval", True): ["threshold", "all~threshold0"],
+}
 
 
-@pytest.mark.parametrize(
-    "strategy,mode,masked", CASES, ids=[f"{s}-{m}{'-mask' if k else ''}" for s, m, k in CASES]
-)
-def test_render_rays_strategies(twins, strategy, mode, masked):
-    jopts, t_app, t_thres = STRATEGIES[strategy]
+@pytest.mark.parametrize("mode,masked", list(CASES), ids=[f"{m}{'-mask' if k else ''}" for m, k in CASES])
+def test_render_rays_strategies(twins, mode, masked):
+    strategies = CASES[(mode, masked)]
     o, d = twins.camera_rays(640, seed=3)
     R = len(o)
     jit = twins.jitter(R, seed=4) if mode == "train" else None
     aabb = twins.AABB
     key = jax.random.PRNGKey(5)
     mask, mask_box = _mask_volume(twins) if masked else (None, None)
-
-    opts = jr.RenderOptions(n_samples=N, near=0.5, far=6.0, white_bg=True, distance_scale=25.0, want_depth=True)
-    opts = dataclasses.replace(opts, **jopts)
+    base = jr.RenderOptions(n_samples=N, near=0.5, far=6.0, white_bg=True, distance_scale=25.0, want_depth=True)
+    all_opts = [dataclasses.replace(base, **STRATEGIES[s][0]) for s in strategies]
 
     @jax.jit
     def run_jax(o, d, jitter, key):
-        return jr.render_rays(
-            o, d, jnp.asarray(aabb), jnp.float32(STEP),
-            lambda x: _density(normalize_coord(x, jnp.asarray(aabb)), jnp),
-            lambda x, dd: _colour(normalize_coord(x, jnp.asarray(aabb)), dd, jnp, jax.nn.sigmoid),
-            None if mask is None else (lambda x: query_alpha_mask(jnp.asarray(mask), jnp.asarray(mask_box), x)),
-            opts, jitter, key,
-        )
+        return [
+            jr.render_rays(
+                o, d, jnp.asarray(aabb), jnp.float32(STEP),
+                lambda x: _density(normalize_coord(x, jnp.asarray(aabb)), jnp),
+                lambda x, dd: _colour(normalize_coord(x, jnp.asarray(aabb)), dd, jnp, jax.nn.sigmoid),
+                None if mask is None else (lambda x: query_alpha_mask(jnp.asarray(mask), jnp.asarray(mask_box), x)),
+                opts, jitter, key,
+            )
+            for opts in all_opts
+        ]
 
-    out_j = run_jax(jnp.asarray(o), jnp.asarray(d), None if jit is None else jnp.asarray(jit), key)
-    gumbel = torch.from_numpy(_gumbel_like_jax(key, R, N)) if t_app == "sample" else None
-    out_t = tr.render_rays(
-        twins.torch_rays(o, d),
-        lambda x: _density(x, torch),
-        lambda x, dd: _colour(x, dd, torch, torch.sigmoid),
-        aabb=aabb, near=0.5, far=6.0, step_size=STEP, n_samples=N, distance_scale=25.0,
-        ray_march_weight_thres=t_thres, white_bg=True, is_train=mode == "train",
-        jitter=None if jit is None else torch.from_numpy(jit),
-        alpha_mask=None if mask is None else torch.from_numpy(mask), mask_aabb=mask_box,
-        appearance=t_app, topk=8, app_gumbel=gumbel,
-    )
-    assert int(out_j["stats"]["sample_overflow"]) == 0 and int(out_j["stats"]["app_overflow"]) == 0
-    acc = out_t["acc_map"].numpy()
-    assert 0.05 < acc.mean() < 0.95  # neither empty nor opaque: the comparison means something
-    assert_close(
-        f"rendering.render_rays[{strategy},{mode}{',mask' if masked else ''}]",
-        {"rgb": out_j["rgb"], "depth": out_j["depth"], "acc": out_j["acc"]},
-        {"rgb": out_t["rgb_map"], "depth": out_t["depth_map"], "acc": out_t["acc_map"]},
-    )
+    outs_j = run_jax(jnp.asarray(o), jnp.asarray(d), None if jit is None else jnp.asarray(jit), key)
+    items = []
+    for name, out_j in zip(strategies, outs_j):
+        _, t_app, t_thres = STRATEGIES[name]
+        gumbel = torch.from_numpy(_gumbel_like_jax(key, R, N)) if t_app == "sample" else None
+        out_t = tr.render_rays(
+            twins.torch_rays(o, d),
+            lambda x: _density(x, torch),
+            lambda x, dd: _colour(x, dd, torch, torch.sigmoid),
+            aabb=aabb, near=0.5, far=6.0, step_size=STEP, n_samples=N, distance_scale=25.0,
+            ray_march_weight_thres=t_thres, white_bg=True, is_train=mode == "train",
+            jitter=None if jit is None else torch.from_numpy(jit),
+            alpha_mask=None if mask is None else torch.from_numpy(mask), mask_aabb=mask_box,
+            appearance=t_app, topk=8, app_gumbel=gumbel,
+        )
+        assert int(out_j["stats"]["sample_overflow"]) == 0 and int(out_j["stats"]["app_overflow"]) == 0
+        assert 0.05 < float(out_t["acc_map"].mean()) < 0.95  # neither empty nor opaque
+        items.append(
+            (
+                f"rendering.render_rays[{name},{mode}{',mask' if masked else ''}]",
+                {"rgb": out_j["rgb"], "depth": out_j["depth"], "acc": out_j["acc"]},
+                {"rgb": out_t["rgb_map"], "depth": out_t["depth_map"], "acc": out_t["acc_map"]},
+            )
+        )
+    assert_all_close(items)
 
 
 def _density_on_faces(x, lib):

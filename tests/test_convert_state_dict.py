@@ -105,7 +105,7 @@ def test_table_is_the_torch_state_dict(model, shading):
     assert all(r.torch_shape == tuple(sd[r.torch_key].shape) for r in table)
 
 
-@pytest.mark.parametrize("shading", ["MLP_Fea", "MLP", "SH", "RGB"])
+@pytest.mark.parametrize("shading", SHADINGS)
 @pytest.mark.parametrize("model", ["VM", "CP"])
 def test_table_jax_shapes_are_those_of_jax_init(model, shading):
     from jax_tensorf.model import init_params
@@ -144,7 +144,7 @@ def test_torch_to_jax_to_torch_is_bit_identical(model, shading):
         assert_bit_identical(back[k], sd[k], k)
 
 
-@pytest.mark.parametrize("shading", ["MLP_Fea", "MLP", "SH", "RGB"])
+@pytest.mark.parametrize("shading", SHADINGS)
 @pytest.mark.parametrize("model", ["VM", "CP"])
 def test_jax_to_torch_to_jax_is_bit_identical(model, shading):
     from jax_tensorf.model import init_params
