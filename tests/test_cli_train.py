@@ -1,6 +1,6 @@
 """`tensorf-bench train / eval / render` in-process on the small procedural scene: the files a run
-writes (named like the ground truth), the last line, run.json, resume and preset errors (exit 2, one
-line), and eval/render of the trained run."""
+writes (named like the ground truth), the last line, run.json, the smoke training's PSNR rise, resume
+and preset errors (exit 2, one line), and eval/render of the trained run."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ import pytest
 
 from tensorf_bench.cli import main
 
-STEPS = 3
+STEPS = 20
+SMOKE_OVERRIDES = ["--config.train.lr-init", 0.2, "--config.train.lr-basis", 0.02, "--config.train.log-every", 5]
+"""The smoke preset at a raised learning rate, so that 20 steps (no upsample yet: the preset's first is
+after step 20) visibly train: about +7 dB measured between the first and last log points."""
 
 
 def _cli(args):
@@ -28,7 +31,10 @@ def _cli(args):
 @pytest.fixture(scope="module")
 def trained(small_scene, tmp_path_factory):
     run = tmp_path_factory.mktemp("cli") / "RUN"
-    rc, out, err = _cli(["train", "--data", small_scene, "--preset", "smoke", "--out", run, "--steps", STEPS, "--no-progress", "--no-lpips"])
+    rc, out, err = _cli(
+        ["train", "--data", small_scene, "--preset", "smoke", "--out", run, "--steps", STEPS, "--no-progress", "--no-lpips"]
+        + SMOKE_OVERRIDES
+    )
     assert rc == 0, err
     return run, out, err
 
@@ -55,6 +61,7 @@ def test_train_run_json_and_last_line(trained):
     assert summary["framework"] == "jax" and summary["steps"] == STEPS
     assert summary["config"]["train"]["n_iters"] == STEPS
     assert summary["config"]["train"]["batch_size"] == 256  # the smoke preset
+    assert summary["config"]["train"]["lr_init"] == 0.2  # the override
     assert len(summary["compiles"]) == 1 and summary["compiles"][0]["grid_size"] == [16, 16, 16]
     assert summary["eval"]["n_images"] == 2
     mean = summary["eval"]["mean"]["psnr"]
@@ -64,6 +71,17 @@ def test_train_run_json_and_last_line(trained):
     m = re.fullmatch(r"mean test PSNR ([0-9.]+) dB .*", last)
     assert m, last
     assert float(m.group(1)) == pytest.approx(mean, abs=0.005)
+
+
+def test_smoke_training_psnr_rises(trained):
+    """The smoke training on the procedural scene: the train PSNR rises measurably (bound 3 dB)."""
+    run, _, _ = trained
+    history = json.loads((run / "run.json").read_text())["history"]
+    assert [h["step"] for h in history] == [5, 10, 15, 20]
+    psnr = [h["psnr"] for h in history]
+    assert all(np.isfinite(psnr))
+    assert psnr[-1] - psnr[0] >= 3.0, psnr
+    assert history[-1]["grid_size"] == [16, 16, 16]
 
 
 def test_resume_without_checkpoint_exits_2_with_one_line(small_scene, tmp_path):

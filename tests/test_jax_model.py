@@ -25,18 +25,21 @@ def _model(field=SMALL_VM_RGB, grid=(12, 14, 10), render_cfg=None, aabb=BOX):
 
 
 def test_create_shapes_state_and_geometry():
+    """(A cubic 16^3 grid and the smoke preset's field: the eager random draws of the initialisation
+    compile once per array shape, and these are the shapes the smoke trainings use too.)"""
     aabb = np.array([[-1.0, -1.5, -0.5], [1.0, 1.5, 0.5]], np.float32)
-    m = TensoRF.create(jax.random.PRNGKey(0), SMALL_VM_FEA, RenderConfig(step_ratio=0.5), aabb, [12, 14, 10], (2.0, 6.0), True)
+    m = TensoRF.create(jax.random.PRNGKey(0), SMALL_VM_FEA, RenderConfig(step_ratio=0.5), aabb, [16, 16, 16], (2.0, 6.0), True)
     assert m.near_far == (2.0, 6.0) and m.white_bg
-    assert m.grid_size == [12, 14, 10]
+    assert m.grid_size == [16, 16, 16]
     p = m.params
     assert set(p) == {"density", "app", "basis_mat", "render"}
-    assert [x.shape for x in p["density"]["planes"]] == [(14, 12, 4), (10, 12, 4), (10, 14, 4)]
-    assert [x.shape for x in p["density"]["lines"]] == [(10, 4), (14, 4), (12, 4)]
-    assert [x.shape for x in p["app"]["planes"]] == [(14, 12, 8), (10, 12, 8), (10, 14, 8)]
+    assert [x.shape for x in p["density"]["planes"]] == [(16, 16, 4)] * 3
+    assert [x.shape for x in p["density"]["lines"]] == [(16, 4)] * 3
+    assert [x.shape for x in p["app"]["planes"]] == [(16, 16, 8)] * 3
+    assert [x.shape for x in p["app"]["lines"]] == [(16, 8)] * 3
     assert p["basis_mat"]["kernel"].shape == (24, 12)
     assert p["render"]["mlp_0"]["kernel"].shape == (12 + 3 + 2 * 2 * 12 + 2 * 2 * 3, 32)
-    step, n = step_size_and_n_samples(aabb, [12, 14, 10], 0.5)
+    step, n = step_size_and_n_samples(aabb, [16, 16, 16], 0.5)
     assert m.step_size == pytest.approx(step, rel=1e-7) and m.n_samples == n
     np.testing.assert_array_equal(m.aabb, aabb)
     assert m.mask_grid_size is None and not m.has_mask()
@@ -45,8 +48,10 @@ def test_create_shapes_state_and_geometry():
     assert all(np.asarray(x).dtype == np.float32 for x in jax.tree.leaves(m.params))
     grids = np.concatenate([np.asarray(x).ravel() for x in jax.tree.leaves([p["density"], p["app"]])])
     assert abs(grids.std() - 0.1) < 0.01
+    planes = [np.asarray(x) for x in p["density"]["planes"] + p["app"]["planes"]]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(planes) for b in planes[i + 1 :] if a.shape == b.shape)
     # the same key gives the same model; another key another one
-    again = TensoRF.create(jax.random.PRNGKey(0), SMALL_VM_FEA, RenderConfig(step_ratio=0.5), aabb, [12, 14, 10])
+    again = TensoRF.create(jax.random.PRNGKey(0), SMALL_VM_FEA, RenderConfig(step_ratio=0.5), aabb, [16, 16, 16])
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(p)))
 
 
@@ -90,7 +95,7 @@ def test_shrink_makes_the_grid_non_cubic():
 
 
 def test_update_alpha_mask_on_a_fresh_model_returns_none_and_keeps_going():
-    m = _model(SMALL_VM_RGB, (10, 11, 9))
+    m = _model(SMALL_CP_RGB, (10, 11, 9))
     # official init: density feature ~ 0 -> softplus(-10) * step: alpha far below 1e-4 everywhere
     assert m.update_alpha_mask(m.grid_size) is None
     assert m.mask_grid_size is None and m.state.mask.shape == (2, 2, 2)
@@ -101,23 +106,18 @@ def test_update_alpha_mask_on_a_fresh_model_returns_none_and_keeps_going():
 
 
 def _dense_model(grid=(12, 14, 10)):
-    """A model with a real density blob (the official init is near-empty)."""
-    m = _model(SMALL_VM_RGB, grid, RenderConfig(chunk=256))
+    """A CP model (the cheapest to compile) with a real density blob: each of the 4 components is a
+    product of three bumps, about 3.3^3 at the centre, so softplus(f - 10) reaches ~20."""
+    m = _model(SMALL_CP_RGB, grid, RenderConfig(chunk=256))
     rng = np.random.default_rng(0)
     p = jax.tree.map(np.asarray, m.params)
-    dens = p["density"]
-    X, Y, Z = grid
-
-    def bump(n, centre):
-        u = np.linspace(-1, 1, n)
-        return 1.6 * np.exp(-((u - centre) ** 2) / 0.2)
-
     centres = {0: 0.2, 1: -0.1, 2: 0.1}  # x, y, z
     for k in range(3):
         axis = fields.VEC_MODE[k]
-        dens["lines"][k] = np.repeat(bump(grid[axis], centres[axis])[:, None], dens["lines"][k].shape[1], 1).astype(np.float32)
-        dens["planes"][k] = (1.0 + 0.3 * rng.normal(size=dens["planes"][k].shape)).astype(np.float32)
-    p["app"] = jax.tree.map(lambda x: (x * 5).astype(np.float32), p["app"])
+        u = np.linspace(-1, 1, grid[axis])[:, None]
+        bump = 3.3 * np.exp(-((u - centres[axis]) ** 2) / (0.15 + 0.05 * rng.random((1, 4))))
+        p["density"]["lines"][k] = bump.astype(np.float32)
+    p["app"] = jax.tree.map(lambda x: (x * 8 + 0.3).astype(np.float32), p["app"])
     m.params = jax.tree.map(jnp.asarray, p)
     return m
 

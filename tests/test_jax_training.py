@@ -1,16 +1,15 @@
 """jax_tensorf.training: the official learning rates (decay, reset and a new Adam at every upsample),
-one train step lowers the loss, compiles counted per grid size, a smoke training whose PSNR rises,
-bit-identical resume (before an upsample and exactly at one), and a non-finite loss that stops with
+one train step lowers the loss, compiles counted per grid size, bit-identical resume (before an upsample and exactly at one), and a non-finite loss that stops with
 the last good checkpoint on disk.
 
 Train steps are compiled ahead of time once per Trainer and grid size (seconds each on 2 cores), so
-most tests here use the cheapest model (CP with the RGB decoder) and share runs through
-module-scoped fixtures."""
+the tests here use the cheapest model (CP with the RGB decoder) and share one run through a
+module-scoped fixture. The smoke training whose PSNR must rise (the smoke preset's VM/MLP_Fea field
+on the procedural scene) is the `tensorf-bench train --preset smoke` run of tests/test_cli_train.py."""
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import shutil
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pytest
 from jax_helpers import SMALL_CP_RGB, experiment, host_copy, replace_train, trees_bit_identical
 from jax_tensorf.checkpoint import load_trainer, read_npz
 from jax_tensorf.training import RegFlags, Trainer, group_labels, learning_rates, lr_factor, make_adam, train_step
-from tensorf_common.config import ExperimentConfig, RenderConfig, TrainConfig, preset
+from tensorf_common.config import ExperimentConfig, RenderConfig, TrainConfig
 from tensorf_common.errors import TrainingError
 from tensorf_common.geometry import n_to_reso, train_n_samples
 
@@ -109,22 +108,34 @@ def _run_cfg() -> ExperimentConfig:
     )
 
 
+EARLY = 2
+"""Resume point before the upsample."""
+AT_UPSAMPLE = UPSAMPLE_AT + 1
+"""Resume point exactly at the upsample step (the step after which the grid was upsampled)."""
+
+
 @pytest.fixture(scope="module")
-def reference_run(small_dataset):
-    """One uninterrupted run of N_ITERS steps, recording the parameters at every log point."""
-    cfg = _run_cfg()
-    trainer = Trainer(cfg, small_dataset, log=lambda s: None)
-    snaps = {}
+def reference_run(small_dataset, tmp_path_factory):
+    """One uninterrupted run of N_ITERS steps that records parameters and Adam state at every log
+    point and writes a checkpoint after every step (checkpoint_every=1). The checkpoints of steps
+    EARLY and AT_UPSAMPLE are kept: at a log point the file on disk is the previous step's one (the
+    trainer logs, then checkpoints; the tests check the step stored in each copy)."""
+    out = tmp_path_factory.mktemp("reference")
+    cfg = replace_train(_run_cfg(), checkpoint_every=1)
+    trainer = Trainer(cfg, small_dataset, out_dir=out, log=lambda s: None)
+    snaps, kept = {}, {}
 
     def on_log(point):
         snaps[point.step] = (host_copy(trainer.model.params), point, host_copy(trainer.opt_state))
+        if point.step - 1 in (EARLY, AT_UPSAMPLE):
+            kept[point.step - 1] = Path(shutil.copy(out / "checkpoint.npz", out / f"step{point.step - 1}.npz"))
 
     trainer.run(on_log=on_log)
-    return trainer, snaps
+    return trainer, snaps, kept
 
 
 def test_upsample_recompiles_once_per_grid_size(reference_run):
-    trainer, _ = reference_run
+    trainer = reference_run[0]
     reso0 = n_to_reso(10**3, trainer.dataset.aabb)
     reso1 = n_to_reso(13**3, trainer.dataset.aabb)
     assert trainer.model.grid_size == reso1 != reso0
@@ -143,7 +154,7 @@ def test_learning_rates_reset_and_adam_recreated_at_upsample(reference_run):
     """After the upsample the next step uses the initial rates with a fresh Adam: its first update of
     every parameter is lr * g / (|g| + eps), i.e. at most (and, for the largest gradients, almost
     exactly) the learning rate itself. Without the reset it would be lr * factor^5 (~0.06 lr)."""
-    trainer, snaps = reference_run
+    trainer, snaps, _ = reference_run
     tc = trainer.tc
     u = UPSAMPLE_AT + 1
     before, point, _ = snaps[u]  # logged after the upsample: the parameters the next step starts from
@@ -158,7 +169,7 @@ def test_learning_rates_reset_and_adam_recreated_at_upsample(reference_run):
 
 
 def test_mask_event_on_a_fresh_model_keeps_the_box_and_switches_l1(reference_run):
-    trainer, _ = reference_run
+    trainer = reference_run[0]
     ev = [e for e in trainer.events if e["event"] == "alpha_mask"]
     assert len(ev) == 1 and ev[0].get("empty") is True and ev[0]["step"] == MASK_AT + 1
     assert trainer.sched.l1_weight == trainer.tc.l1_weight_rest
@@ -168,42 +179,32 @@ def test_mask_event_on_a_fresh_model_keeps_the_box_and_switches_l1(reference_run
 # ------------------------------------------------------------------ resume
 
 
-@pytest.fixture(scope="module")
-def partial_checkpoints(small_dataset, tmp_path_factory):
-    """A second run of the same config, checkpointed after 2 steps (before the upsample) and, by the
-    trainer's own checkpoint_every, after 5 steps: exactly at the upsample step."""
-    out = tmp_path_factory.mktemp("partial")
-    cfg = replace_train(_run_cfg(), checkpoint_every=UPSAMPLE_AT + 1)
-    trainer = Trainer(cfg, small_dataset, out_dir=out, log=lambda s: None)
-    trainer.run(max_steps=2)
-    early = trainer.save_checkpoint(out / "early.npz")
-    trainer.run(max_steps=UPSAMPLE_AT + 1 - 2)
-    assert trainer.sched.step == UPSAMPLE_AT + 1 and trainer.sched.upsample_done == 1
-    at_upsample = shutil.copy(out / "checkpoint.npz", out / "at_upsample.npz")
-    return Path(early), Path(at_upsample)
-
-
-def test_resume_before_an_upsample_is_bit_identical(reference_run, partial_checkpoints, small_dataset):
-    early, _ = partial_checkpoints
-    trainer = load_trainer(early, small_dataset)
-    assert trainer.sched.step == 2 and trainer.model.grid_size == trainer.compiles[0]["grid_size"]
-    trainer.run(max_steps=N_ITERS - 2)
+def test_resume_before_an_upsample_is_bit_identical(reference_run, small_dataset):
+    _, snaps, kept = reference_run
+    assert read_npz(kept[EARLY])[1]["schedule"]["step"] == EARLY
+    trainer = load_trainer(kept[EARLY], small_dataset, out_dir=kept[EARLY].parent / "resumed_early")
+    assert trainer.sched.step == EARLY and trainer.sched.upsample_done == 0
+    assert trees_bit_identical(host_copy(trainer.model.params), snaps[EARLY][0])
+    trainer.run(max_steps=N_ITERS - EARLY)
     assert trainer.sched.upsample_done == 1  # the upsample happened after the resume point
-    _, snaps = reference_run
+    # the compiles recorded so far (from the file) plus this process's own two, one per grid size
+    assert [c["grid_size"] for c in trainer.compiles[-2:]] == [c["grid_size"] for c in reference_run[0].compiles]
     _assert_same_run_at(trainer, snaps)
 
 
-def test_resume_from_a_checkpoint_taken_at_the_upsample_step(reference_run, partial_checkpoints, small_dataset):
+def test_resume_from_a_checkpoint_taken_at_the_upsample_step(reference_run, small_dataset):
     """The seed's bug #4: a checkpoint taken at an upsample step must hold the upsampled grid, the new
     Adam and the reset rates, and the resumed run must neither skip nor repeat the upsample."""
-    _, at_upsample = partial_checkpoints
-    trainer = load_trainer(at_upsample, small_dataset)
-    ref, snaps = reference_run
-    assert trainer.sched.step == UPSAMPLE_AT + 1 and trainer.sched.upsample_done == 1
+    ref, snaps, kept = reference_run
+    assert read_npz(kept[AT_UPSAMPLE])[1]["schedule"]["step"] == AT_UPSAMPLE
+    trainer = load_trainer(kept[AT_UPSAMPLE], small_dataset, out_dir=kept[AT_UPSAMPLE].parent / "resumed_at")
+    assert trainer.sched.step == AT_UPSAMPLE and trainer.sched.upsample_done == 1
     assert trainer.model.grid_size == ref.compiles[1]["grid_size"]
-    assert trees_bit_identical(host_copy(trainer.model.params), snaps[UPSAMPLE_AT + 1][0])
-    trainer.run(max_steps=N_ITERS - (UPSAMPLE_AT + 1))
-    assert trainer.sched.upsample_done == 1 and len(trainer.events) == len([e for e in ref.events if e.get("step", 0) <= N_ITERS])
+    assert trees_bit_identical(host_copy(trainer.model.params), snaps[AT_UPSAMPLE][0])
+    assert trees_bit_identical(host_copy(trainer.opt_state), snaps[AT_UPSAMPLE][2])
+    trainer.run(max_steps=N_ITERS - AT_UPSAMPLE)
+    assert trainer.sched.upsample_done == 1
+    assert [e["event"] for e in trainer.events].count("upsample") == 1
     _assert_same_run_at(trainer, snaps)
 
 
@@ -219,28 +220,6 @@ def _assert_same_run_at(resumed, snaps):
     got_curve = [p.mse for p in resumed.history]
     want_curve = [snaps[s][1].mse for s in sorted(snaps) if s <= step]
     assert got_curve == want_curve
-
-
-# ------------------------------------------------------------------ smoke training
-
-
-def test_smoke_training_psnr_rises(small_dataset):
-    """The smoke preset's field on the procedural scene, without events, at a raised learning rate:
-    the train PSNR must rise by several dB in 40 steps (about +7 dB measured; the bound is 3)."""
-    cfg = preset("smoke")
-    cfg = dataclasses.replace(
-        cfg,
-        train=dataclasses.replace(
-            cfg.train, n_iters=40, upsample_at=(), alpha_mask_at=(), log_every=10, lr_init=0.08, lr_basis=4e-3
-        ),
-    )
-    trainer = Trainer(cfg, small_dataset, log=lambda s: None)
-    trainer.run()
-    psnr = [p.psnr for p in trainer.history]
-    assert [p.step for p in trainer.history] == [10, 20, 30, 40]
-    assert all(math.isfinite(p) for p in psnr)
-    assert psnr[-1] - psnr[0] >= 3.0, psnr
-    assert len(trainer.compiles) == 1
 
 
 # ------------------------------------------------------------------ non-finite loss
