@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from compare import BF16, EXACT, assert_close
+from compare import BF16, EXACT, FP16, assert_close
 from jax_tensorf.model import app_features_at, density_at, rgb_at
 from tensorf_common.geometry import n_to_reso, train_n_samples
 from tensorf_convert.model import portable_from_jax, portable_from_torch
@@ -160,14 +160,19 @@ def test_alpha_mask_update_shrink_upsample(twins, model):
     assert_close(f"model.render[train,after shrink+upsample,{model}]", got, want)
 
 
-def test_render_bf16_within_half_precision_tolerance(twins):
-    """JAX with bfloat16 compute (lookups, products, MLP) against the float32 torch reference: the
-    separately documented half-precision tolerance (compare.BF16)."""
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_render_half_precision_within_its_tolerance(twins, precision):
+    """JAX with half-precision compute (lookups, products, MLP) against the float32 torch reference:
+    the separately documented half-precision tolerances (compare.BF16, compare.FP16)."""
     tm, jm = twins.make_pair("VM", "MLP_Fea")
     o, d = twins.camera_rays(512, seed=10)
     jit = twins.jitter(len(o), seed=11)
     n = train_n_samples(jm.grid_size, jm.render_cfg.step_ratio)
-    out = jm.render(o, d, jm.render_options(n, train=True, want_depth=True), jnp.asarray(jit), **twins.precision_kwargs(jm.render, "bf16"))
+    kw = twins.precision_kwargs(jm.render, precision)
+    out = jm.render(o, d, jm.render_options(n, train=True, want_depth=True), jnp.asarray(jit), **kw)
     with torch.no_grad():
         t = tm.render(twins_rays(o, d), is_train=True, N_samples=n, jitter=torch.from_numpy(jit))
-    assert_close("model.render[train,bf16 vs fp32]", {"rgb": out["rgb"], "acc": out["acc"]}, {"rgb": t["rgb_map"], "acc": t["acc_map"]}, BF16)
+    tol = {"bf16": BF16, "fp16": FP16}[precision]
+    assert_close(
+        f"model.render[train,{precision} vs fp32]", {"rgb": out["rgb"], "acc": out["acc"]}, {"rgb": t["rgb_map"], "acc": t["acc_map"]}, tol
+    )

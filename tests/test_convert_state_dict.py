@@ -150,7 +150,10 @@ def test_jax_to_torch_to_jax_is_bit_identical(model, shading):
     from jax_tensorf.model import init_params
 
     c = cfg(model, shading)
-    params = init_params(jax.random.PRNGKey(3), c, GRID)
+    # the JAX init's tree and shapes (traced, not run: no compilation), filled with random float32
+    shapes = jax.eval_shape(lambda k: init_params(k, c, GRID), jax.random.PRNGKey(3))
+    rng = np.random.default_rng(3)
+    params = jax.tree.map(lambda s: jax.numpy.asarray(rng.standard_normal(s.shape).astype(s.dtype)), shapes)
     sd, _ = jax_to_torch(params, c)
     again, _ = torch_to_jax(sd, c)
     flat_a, flat_b = flatten_params(params), flatten_params(again)
