@@ -86,6 +86,6 @@ def test_regularizer_gradients_are_finite_and_nonzero():
         "planes": [jnp.asarray(rng.normal(size=(4, 5, 3)).astype(np.float32)) for _ in range(3)],
         "lines": [jnp.asarray(rng.normal(size=(6, 3)).astype(np.float32)) for _ in range(3)],
     }
-    g = jax.grad(lambda g: density_l1(g) + tv_loss(g) + ortho_loss(g["lines"]))(grid)
+    g = jax.jit(jax.grad(lambda g: density_l1(g) + tv_loss(g) + ortho_loss(g["lines"])))(grid)
     for leaf in jax.tree.leaves(g):
         assert np.all(np.isfinite(np.asarray(leaf))) and np.abs(np.asarray(leaf)).max() > 0

@@ -157,7 +157,11 @@ def test_learning_rates_reset_and_adam_recreated_at_upsample(reference_run):
     trainer, snaps, _ = reference_run
     tc = trainer.tc
     u = UPSAMPLE_AT + 1
-    before, point, _ = snaps[u]  # logged after the upsample: the parameters the next step starts from
+    before, point, opt = snaps[u]  # logged after the upsample: the parameters the next step starts from
+    # Adam was re-created (official): no step count, zero moments, shaped like the new grid
+    assert int(opt.count) == 0
+    assert all(not np.any(x) for x in jax.tree.leaves((opt.mu, opt.nu)))
+    assert jax.tree.map(np.shape, opt.mu) == jax.tree.map(np.shape, before)
     after = snaps[u + 1][0]
     assert point.grid_size == trainer.compiles[1]["grid_size"]
     assert point.lr_grid == pytest.approx(tc.lr_init, rel=1e-6)  # the rate of the next step
