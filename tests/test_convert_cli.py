@@ -108,7 +108,7 @@ def test_parity_report_from_records(tmp_path: Path):
     assert "| `fields.a` | 1.00e-07 | max-abs <= 1e-5 | yes |  |" in md
     assert "| `fields.b` | 3.00e-04 | max-abs <= 1e-5 | **NO** | x\\|y |" in md
     assert "| `regularizers.c` | inf | max-abs <= 1e-5 | known gap (xfail) |" in md
-    assert "| fields | 2 | 3.00e-04 | 30.000 | **NO** |" in md and "| regularizers | 1 (1 known gap) | 0 | 0.000 | yes |" in md
+    assert "| fields | fp32 | 2 | 3.00e-04 | 30.000 | **NO** |" in md and "| regularizers | fp32 | 1 (1 known gap) | 0 | 0.000 | yes |" in md
     assert "twin gap: NaN" in md and "## Failed tests" in md and "**FAIL**" in md
     md_path, js_path = write_report(report, tmp_path / "rep")
     assert json.loads(js_path.read_text())["summary"]["comparisons"] == 3 and md_path.read_text() == md

@@ -204,7 +204,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         "",
         "Tolerances (one place: `parity_tests/compare.py`): fp32 outputs max-abs <= 1e-5 (relative where the "
         "magnitude exceeds 1); gradients <= 1e-4 of the tensor's largest entry; exact for masks, indices and "
-        "conversions; the training trajectory's PSNR within 0.05 dB; bf16 compute against fp32 <= 2e-2.",
+        "conversions; the training trajectory's PSNR within 0.05 dB; bf16 / fp16 compute against the fp32 "
+        "reference <= 2e-2 / 5e-3 (x max(1, |ref|)).",
         "",
     ]
     lines += _module_summary(report["comparisons"])
@@ -240,18 +241,18 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _module_summary(comparisons: list[dict[str, Any]]) -> list[str]:
-    """One row per twin module (the component name's first part): count, worst max-abs, worst
-    error in units of its tolerance, pass."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+    """One row per twin module (the component name's first part) and tolerance: count, largest
+    max-abs error, worst error in units of its tolerance, pass."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for c in comparisons:
-        groups.setdefault(str(c["component"]).split(".")[0], []).append(c)
+        groups.setdefault((str(c["component"]).split(".")[0], str(c.get("tolerance", ""))), []).append(c)
     lines = [
         "## By module",
         "",
-        "| module | comparisons | largest max-abs error | worst error / tolerance | pass |",
-        "|---|---|---|---|---|",
+        "| module | tolerance | comparisons | largest max-abs error | worst error / tolerance | pass |",
+        "|---|---|---|---|---|---|",
     ]
-    for name, cs in groups.items():
+    for (name, tol), cs in sorted(groups.items()):
         counted = [c for c in cs if not c.get("known_gap")]
         errs = [c.get("max_abs") for c in counted]
         worst = None if any(e is None for e in errs) else max(errs, default=0.0)
@@ -260,7 +261,7 @@ def _module_summary(comparisons: list[dict[str, Any]]) -> list[str]:
         ok = all(c.get("passed") for c in counted)
         gaps = len(cs) - len(counted)
         lines.append(
-            f"| {name} | {len(cs)}{f' ({gaps} known gap)' if gaps else ''} | {_fmt_err(worst)} | "
+            f"| {name} | {tol} | {len(cs)}{f' ({gaps} known gap)' if gaps else ''} | {_fmt_err(worst)} | "
             f"{'inf' if worst_scaled is None else f'{worst_scaled:.3f}'} | {'yes' if ok else '**NO**'} |"
         )
     return lines
