@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 report: $(STAMP)
-	$(BIN)/tensorf-bench inspect
+	$(BIN)/tensorf-bench report --preset quick
 
 test: $(STAMP)
 	$(BIN)/python -m tensorf_common.runtime $(BIN)/python -m pytest -q -p no:cacheprovider --benchmark-disable

@@ -111,7 +111,8 @@ def jax_device_info() -> dict[str, str]:
     import jax
 
     dev = jax.devices()[0]
-    return {"device": f"{dev.platform}:{getattr(dev, 'device_kind', dev.platform)}", "platform": dev.platform}
+    kind = getattr(dev, "device_kind", dev.platform)
+    return {"device": dev.platform if kind == dev.platform else f"{dev.platform}:{kind}", "platform": dev.platform}
 
 
 def jax_model(cfg: ExperimentConfig, grid, seed: int = 0, params: Optional[dict] = None):

@@ -128,13 +128,15 @@ class Progress:
     def _position(self) -> tuple[float, str]:
         with self._lock:
             name, est, t0 = self._stage
-            frac = self._fraction
-            if frac is None:
-                frac = min(0.97, (time.perf_counter() - t0) / est)
+            by_time = min(0.9, (time.perf_counter() - t0) / est)
+            # a reported fraction (e.g. tests done) moves the bar ahead of the clock, never behind it
+            frac = by_time if self._fraction is None else max(self._fraction, by_time)
             return self._done + frac * est, (f"{name}: {self._text}" if self._text else name)
 
     def _tick(self) -> None:
-        while not self._stop.wait(1.0):
+        # a terminal gets a live bar; a log file (no tty) a line every 30 s
+        every = 1.0 if sys.stderr.isatty() else 30.0
+        while not self._stop.wait(every):
             pos, desc = self._position()
             if self.bar is not None:
                 self.bar.n = min(pos, self.bar.total or pos)
@@ -286,6 +288,7 @@ def stage_data(ctx: Context):
     k = max(0, min(ctx.preset.figure_views, test.n_views))
     picks = sorted({round(i * (test.n_views - 1) / max(1, k - 1)) for i in range(k)}) if k > 1 else list(range(k))
     views = []
+    (ctx.run_dir / "quality" / "gt").mkdir(parents=True, exist_ok=True)
     for v in picks:
         name = test.frame_names[v]
         rel = f"quality/gt/{name}.png"
@@ -427,8 +430,10 @@ def stage_parity(ctx: Context):
             (pdir / name).unlink()
     ctx.progress.update(text="running the parity suite")
     cmd = [sys.executable, "-m", "tensorf_bench.cli", "parity", "--out", str(pdir), "--quiet"]
+    if ctx.preset.parity_k:
+        cmd += ["-k", ctx.preset.parity_k]
     rc, tail = run_child(cmd, ctx.log_path("parity"), env=child_env(), timeout_s=ctx.preset.parity_timeout_s)
-    data: dict[str, Any] = {"available": True, "returncode": rc}
+    data: dict[str, Any] = {"available": True, "returncode": rc, "selection": ctx.preset.parity_k}
     for key, name in (("markdown", "parity.md"), ("json", "parity.json")):
         if (pdir / name).is_file():
             data[key] = f"parity/{name}"
@@ -518,6 +523,9 @@ class ReportRun:
         from tensorf_common.data import resolve_data_dir
 
         self._prepare()
+        if threading.current_thread() is threading.main_thread():
+            # a SIGTERM stops the run like Ctrl-C: the running child is killed, finished stages stay
+            signal.signal(signal.SIGTERM, _raise_interrupt)
         stages = self.plan()
         done = {n: r for n, r in read_stages(self.run_dir).items() if r.status == "ok"} if self.resume else {}
         todo = [s for s in stages if s.name not in done]
@@ -564,6 +572,10 @@ class ReportRun:
             print(f"{len(failed)} stage(s) failed: " + "; ".join(f"{r.name}: {r.error}" for r in failed), file=sys.stderr)
             return 1
         return 0
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def _now() -> str:
@@ -616,7 +628,8 @@ def _quality_jax(job: dict, cfg, out_dir: Path) -> dict:
     summary = train_run(cfg, job["data_dir"], out_dir, evaluate=True, lpips=job.get("lpips", True), progress=False,
                         on_log=on_log)
     dev = jax.devices()[0]
-    summary["device"] = f"{dev.platform}:{getattr(dev, 'device_kind', dev.platform)}"
+    kind = getattr(dev, "device_kind", dev.platform)
+    summary["device"] = dev.platform if kind == dev.platform else f"{dev.platform}:{kind}"
     return summary
 
 

@@ -109,7 +109,8 @@ def collect(run_dir: Path, load_end: Optional[Sequence[float]] = None) -> dict:
         "parity_gaps": parity_gaps,
         "parity_status": None if parity is None else {"status": parity.status, "error": parity.error,
                                                        "available": parity.data.get("available", True),
-                                                       "markdown": parity.data.get("markdown")},
+                                                       "markdown": parity.data.get("markdown"),
+                                                       "selection": parity.data.get("selection")},
         "summary": sentences,
         "figure_views": data_info.get("figure_views", []),
         "_runs": runs,
@@ -210,7 +211,9 @@ def _section_blocks(res: dict, figures: dict[str, bytes]) -> list[Block]:
                                   f"{ps_sum.get('comparisons_passed')} of {ps_sum.get('comparisons')} comparisons within "
                                   f"tolerance; tests {ps_sum.get('tests_passed')} passed, {ps_sum.get('tests_failed')} failed, "
                                   f"{ps_sum.get('tests_xfailed')} known gaps (strict xfail), {ps_sum.get('tests_skipped')} "
-                                  f"skipped. Every comparison: `{ps.get('markdown') or 'parity/parity.md'}`."))
+                                  f"skipped. Every comparison: `{ps.get('markdown') or 'parity/parity.md'}`."
+                                  + (f" This preset runs a subset of the suite (`-k \"{ps['selection']}\"`); the "
+                                     "full and gpu presets run all of it." if ps.get("selection") else "")))
         elif ps["status"] != "ok":
             out.append(Block("p", f"Parity stage {ps['status']}: {ps.get('error') or ''}"))
         if res["parity"]:

@@ -19,12 +19,16 @@ def _ok(x) -> bool:
         return False
 
 
-def _times(a: float, b: float) -> str:
-    """'2.3× faster' / '1.4× slower' for time a against time b (a/b < 1 is faster)."""
+def _times(a: float, b: float, other: str = "") -> str:
+    """'2.3× faster than OTHER' / '1.4× slower than OTHER' / 'as fast as OTHER (1.01×)' for time a
+    against time b."""
     if not (_ok(a) and _ok(b)) or a <= 0 or b <= 0:
         return "?"
     r = b / a
-    return f"{r:.2f}× faster" if r >= 1 else f"{1 / r:.2f}× slower"
+    than = f" than {other}" if other else ""
+    if abs(r - 1) < 0.03:
+        return f"as fast{' as ' + other if other else ''} ({r:.2f}×)"
+    return f"{r:.2f}× faster{than}" if r >= 1 else f"{1 / r:.2f}× slower{than}"
 
 
 def _group(rows, group):
@@ -44,8 +48,10 @@ def vmap_sentences(rows) -> list[str]:
              f"{best.get('grid')}): `{best.get('variant')}` is fastest ({fmt_seconds(best['median_s'])}, "
              f"{fmt_rate(best.get('throughput'))} rays/s), {float(worst['median_s']) / float(best['median_s']):.2f}× "
              f"the slowest (`{worst.get('variant')}`)")
-        if flat is not None and flat is not best:
+        if flat is not None and flat is not best and flat is not worst:
             s += f" and {float(flat['median_s']) / float(best['median_s']):.2f}× `flat`, the default"
+        elif flat is worst:
+            s += ", the default"
         out.append(s + ".")
     return out
 
@@ -94,11 +100,12 @@ def framework_sentences(rows) -> list[str]:
         j, t = rs.get("jax-jit"), rs.get("torch-eager")
         if j is None or t is None:
             continue
-        s = (f"Same work, {workload.replace('_', ' ')}: JAX (jit) is {_times(float(j['median_s']), float(t['median_s']))} "
-             f"than torch eager ({fmt_seconds(j['median_s'])} vs {fmt_seconds(t['median_s'])})")
+        s = (f"Same work, {workload.replace('_', ' ')}: JAX (jit) is "
+             f"{_times(float(j['median_s']), float(t['median_s']), 'torch eager')} "
+             f"({fmt_seconds(j['median_s'])} vs {fmt_seconds(t['median_s'])})")
         c = rs.get("torch-compile")
         if c is not None:
-            s += f"; torch.compile is {_times(float(c['median_s']), float(t['median_s']))} than eager"
+            s += f"; torch.compile is {_times(float(c['median_s']), float(t['median_s']), 'eager')}"
         out.append(s + ".")
     return out
 
