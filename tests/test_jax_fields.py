@@ -228,7 +228,8 @@ def test_unknown_variant_raises_config_error(vm_grid, points):
 
 
 def test_init_vm_shapes_follow_axis_modes():
-    g = fields.init_vm(jax.random.PRNGKey(0), GRID, COMPS, 0.1)
+    # jitted: one compile for the six draws instead of one eager compile per array shape
+    g = jax.jit(fields.init_vm, static_argnums=(1, 2, 3))(jax.random.PRNGKey(0), tuple(GRID), COMPS, 0.1)
     X, Y, Z = GRID
     assert [p.shape for p in g["planes"]] == [(Y, X, 2), (Z, X, 3), (Z, Y, 4)]
     assert [l.shape for l in g["lines"]] == [(Z, 2), (Y, 3), (X, 4)]
@@ -242,7 +243,7 @@ def test_init_vm_shapes_follow_axis_modes():
 
 
 def test_init_cp_shapes():
-    g = fields.init_cp(jax.random.PRNGKey(0), GRID, 5, 0.2)
+    g = jax.jit(fields.init_cp, static_argnums=(1, 2, 3))(jax.random.PRNGKey(0), tuple(GRID), 5, 0.2)
     X, Y, Z = GRID
     assert set(g) == {"lines"}
     assert [l.shape for l in g["lines"]] == [(Z, 5), (Y, 5), (X, 5)]
