@@ -10,8 +10,6 @@ continues bit-identically on the CPU (same batches, same keys, same compiled ste
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tensorf_common.atomic import atomic_path
 from tensorf_common.config import ExperimentConfig
 from tensorf_common.errors import CheckpointError
 
@@ -65,15 +64,8 @@ def write_npz(path: Path, arrays: dict[str, np.ndarray], meta: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = dict(arrays)
     payload["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **payload)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **payload)
     return path
 
 
@@ -148,7 +140,8 @@ def model_from_arrays(arrays: dict, meta: dict, where: str):
         cfg = ExperimentConfig.from_dict(meta["config"])
     except KeyError:
         raise CheckpointError(f"{where}: '__meta__' has no 'config'") from None
-    template = init_params(jax.random.PRNGKey(0), cfg.field, [2, 2, 2])
+    # the tree structure only (jax.eval_shape: no arrays are built, no per-op compilation)
+    template = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), cfg.field, [2, 2, 2]))
     params = unflatten(template, arrays, "params", where)
     try:
         state = FieldState(
@@ -257,7 +250,7 @@ def load_trainer(path: Path, dataset, **trainer_kwargs):
     trainer.setup_seconds = float(meta.get("setup_seconds", 0.0))
     trainer.model = model
     model.mesh = trainer.mesh
-    template = init_optimizer_state(trainer.adam, model.params, trainer.policy)
+    template = jax.eval_shape(lambda: init_optimizer_state(trainer.adam, model.params, trainer.policy))
     adam_template = template.adam if isinstance(template, ScaledState) else template
     adam_state = adam_template._replace(
         count=jnp.asarray(arrays["opt/count"]),

@@ -8,51 +8,20 @@ throughput, compile times, schedule events, peak memory and the evaluation.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 
+from tensorf_common.atomic import write_json
 from tensorf_common.config import ExperimentConfig
 
 
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process (Linux reports KiB)."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def write_json(path: Path, obj) -> Path:
-    """Write JSON atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=_json_default)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def eval_views(split, cfg: ExperimentConfig) -> list[int]:

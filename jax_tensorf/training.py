@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -38,7 +37,7 @@ from . import alpha_mask as am
 from . import fields
 from .model import TensoRF, density_at, rgb_at
 from .regularizers import density_l1, ortho_loss, tv_loss
-from .rendering import RenderOptions, render_rays
+from .rendering import render_rays
 from .precision import FP32, Policy, policy_from_config
 from .sampling import per_ray_jitter
 from .xla import xla_options

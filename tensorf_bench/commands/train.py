@@ -214,12 +214,10 @@ class Render:
 def render_orbit(model, split, n_frames: int, path: Path) -> Path:
     """Render ``n_frames`` around the vertical axis at the split's mean camera distance and
     elevation, and write an animated GIF (atomically)."""
-    import os
-    import tempfile
-
     import imageio.v2 as imageio
     import numpy as np
 
+    from tensorf_common.atomic import atomic_path
     from tensorf_common.data import get_ray_directions, get_rays
     from tensorf_common.images import to_uint8
 
@@ -240,14 +238,6 @@ def render_orbit(model, split, n_frames: int, path: Path) -> Path:
         o, d = get_rays(dirs, c2w)
         out = model.render_chunks(o.reshape(-1, 3), d.reshape(-1, 3), want_depth=False)
         frames.append(to_uint8(out["rgb"].reshape(split.height, split.width, 3)))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".gif", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".gif") as tmp:
         imageio.mimsave(tmp, frames, duration=0.08, loop=0)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

@@ -1,0 +1,79 @@
+"""Atomic file writes: the one way the suite writes a file.
+
+A writer fills a temporary file in the destination folder, which is renamed over the destination
+only when the writer finished without an exception; a killed or failed write leaves the old file
+(or nothing), never half a file. The result gets ordinary permissions (``0666 & ~umask``), not the
+owner-only mode of ``tempfile.mkstemp``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path``.
+
+    ``suffix`` lets writers that choose a format from the file name (imageio, PIL) see the right
+    extension. Parent folders are created.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json(path: PathLike, obj: Any, default: Optional[Callable[[Any], Any]] = None, indent: int = 1) -> Path:
+    """JSON with numpy scalars/arrays and paths converted (or a custom ``default``)."""
+    return write_text(path, json.dumps(obj, indent=indent, default=default or json_default) + "\n")
+
+
+def json_default(o: Any) -> Any:
+    """``json.dumps`` fallback for numpy values and paths."""
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
