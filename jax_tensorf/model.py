@@ -99,9 +99,12 @@ def rgb_at(params, cfg: FieldConfig, aabb, xyz_world, viewdirs, variant: str = "
     return apply_render(cfg, params.get("render", {}), pts_n, viewdirs, feat, policy.mlp).astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "opts", "variant", "policy"))
-def render(params, state: FieldState, rays_o, rays_d, jitter=None, key=None, *, cfg, opts, variant="flat", policy=FP32):
-    """Render rays with a model's parameters and state (jitted per static configuration)."""
+def render_model(
+    params, state: FieldState, rays_o, rays_d, jitter=None, key=None, ray_offset=0, *, cfg, opts, variant="flat",
+    policy=FP32,
+):
+    """Render rays with a model's parameters and state: the field, the decoder and the mask wired
+    into :func:`jax_tensorf.rendering.render_rays` (the one place that does this)."""
     return render_rays(
         rays_o,
         rays_d,
@@ -113,7 +116,14 @@ def render(params, state: FieldState, rays_o, rays_d, jitter=None, key=None, *, 
         opts,
         jitter,
         key,
+        ray_offset,
     )
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "opts", "variant", "policy"))
+def render(params, state: FieldState, rays_o, rays_d, jitter=None, key=None, *, cfg, opts, variant="flat", policy=FP32):
+    """:func:`render_model`, jitted per static configuration."""
+    return render_model(params, state, rays_o, rays_d, jitter, key, cfg=cfg, opts=opts, variant=variant, policy=policy)
 
 
 @functools.lru_cache(maxsize=None)
@@ -263,14 +273,8 @@ class TensoRF:
             cfg, variant = self.field_cfg, self.render_cfg.vmap_variant
 
             def body(params, state, o, d, jit, k):
-                R = o.shape[0]
-                out = render_rays(
-                    o, d, state.aabb, state.step_size,
-                    lambda x: density_at(params, cfg, state.aabb, x, variant, policy),
-                    lambda x, dd: rgb_at(params, cfg, state.aabb, x, dd, variant, policy),
-                    lambda x: am.query_alpha_mask(state.mask, state.mask_aabb, x),
-                    lopts, jit, k, jax.lax.axis_index(axis) * R,
-                )
+                offset = jax.lax.axis_index(axis) * o.shape[0]
+                out = render_model(params, state, o, d, jit, k, offset, cfg=cfg, opts=lopts, variant=variant, policy=policy)
                 out["stats"] = jax.lax.psum(out["stats"], axis)
                 return out
 

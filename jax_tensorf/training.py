@@ -35,9 +35,8 @@ from tensorf_common.geometry import n_to_reso, train_n_samples
 
 from . import alpha_mask as am
 from . import fields
-from .model import TensoRF, density_at, rgb_at
+from .model import TensoRF, render_model
 from .regularizers import density_l1, ortho_loss, tv_loss
-from .rendering import render_rays
 from .precision import FP32, Policy, policy_from_config
 from .sampling import per_ray_jitter
 from .xla import xla_options
@@ -97,18 +96,8 @@ def loss_terms(
     k_jitter, k_app = jax.random.split(key)
     if jitter is None:
         jitter = per_ray_jitter(k_jitter, rays_o.shape[0], ray_offset)
-    out = render_rays(
-        rays_o,
-        rays_d,
-        state.aabb,
-        state.step_size,
-        lambda x: density_at(params, cfg, state.aabb, x, variant, policy),
-        lambda x, d: rgb_at(params, cfg, state.aabb, x, d, variant, policy),
-        lambda x: am.query_alpha_mask(state.mask, state.mask_aabb, x),
-        opts,
-        jitter,
-        k_app,
-        ray_offset,
+    out = render_model(
+        params, state, rays_o, rays_d, jitter, k_app, ray_offset, cfg=cfg, opts=opts, variant=variant, policy=policy
     )
     mse = jnp.mean((out["rgb"] - rgb) ** 2)
     total = mse
