@@ -109,7 +109,7 @@ SIZES: dict[str, BenchSize] = {
         ks=(8, 16, 32, 64),
         sample_k=32,
         compile_grids=(64, 128, 160),
-        rounds=5,
+        rounds=3,
         warmup=1,
     ),
     "gpu": BenchSize(

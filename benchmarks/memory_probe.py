@@ -1,11 +1,11 @@
 """Peak memory of one workload, measured in a fresh process (run by ``test_memory.py``).
 
 ``python benchmarks/memory_probe.py FRAMEWORK WORKLOAD`` (with ``TENSORF_BENCH_SIZE`` set) builds the
-workload of ``test_framework.py`` (the same shapes, appearance ``all``), compiles it (JAX), runs it
-once as a warm-up, then resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), runs it
-``rounds`` more times and prints one JSON object:
+workload of ``test_framework.py`` (the same shapes, appearance ``all``), compiles it (JAX), then
+resets the kernel's peak-RSS mark (``/proc/self/clear_refs``), runs it ``rounds + 1`` times and
+prints one JSON object:
 
-- ``rss_before_bytes``: resident memory just before the measured runs;
+- ``rss_before_bytes``: resident memory after building and compiling, before the first run;
 - ``peak_rss_bytes``: the peak resident memory during them (``VmHWM``; ``ru_maxrss`` of the whole
   process where the mark cannot be reset, flagged by ``hwm_reset: false``);
 - ``cuda_peak_bytes`` (torch on CUDA: ``torch.cuda.max_memory_allocated`` over the runs) or
@@ -88,7 +88,6 @@ def main(argv) -> int:
     rounds = int(argv[3]) if len(argv) > 3 else 2
     size = bench_sizes.current_size()
     fn, info = _workload(framework, workload, size)
-    fn()  # warm-up (and torch's lazy initialisations)
     cuda = False
     if framework == "torch":
         import torch
@@ -96,9 +95,11 @@ def main(argv) -> int:
         cuda = torch.cuda.is_available()
         if cuda:
             torch.cuda.reset_peak_memory_stats()
+    # built and compiled: from here on, only what running the workload needs (the first run's
+    # allocations included) raises the peak
     rss_before = _status_kib("VmRSS") * 1024
     reset = _reset_hwm()
-    for _ in range(rounds):
+    for _ in range(rounds + 1):
         fn()
     out = dict(info)
     out["rss_before_bytes"] = rss_before

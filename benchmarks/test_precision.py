@@ -28,11 +28,9 @@ def _case(size):
 def _params():
     size = bench_sizes.current_size()
     out = []
-    for workload in ("field", "render", "train_step"):
+    for workload in size.precision_workloads:  # the size says which (bench_sizes.py)
         for dtype in W.DTYPES:
-            marks = () if workload in size.precision_workloads else (
-                pytest.mark.skip(reason=f"{workload} precision cases run at the quick/full/gpu sizes, not {size.name}"),)
-            out.append(pytest.param(workload, dtype, id=f"{workload}-{dtype}", marks=marks))
+            out.append(pytest.param(workload, dtype, id=f"{workload}-{dtype}"))
     return out
 
 

@@ -129,6 +129,10 @@ def _loadavg():
 # ---------------------------------------------------------------------------------------------
 
 
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
 def _header(res: dict) -> list[Block]:
     meta, m, d = res["meta"], res["machine"], res["data"]
     cores = m.get("cores") or {}
@@ -150,7 +154,7 @@ def _header(res: dict) -> list[Block]:
         ("GPU", gpu),
         ("software", f"Python {m.get('python', '?')}; " + ", ".join(f"{k} {v}" for k, v in libs.items() if v)),
         ("allocator", m.get("allocator", "?")),
-        ("commit", f"{commit}{' — ' + git['subject'] if git.get('subject') else ''}"),
+        ("commit", f"{commit}{' — ' + _short(git['subject'], 90) if git.get('subject') else ''}"),
         ("load average", f"{(m.get('load_average') or ['?'])[0]} at the start, {(res.get('load_end') or ['?'])[0]} at the end"),
         ("stage time", tables.fmt_seconds(total)),
     ]

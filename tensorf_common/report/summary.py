@@ -137,7 +137,7 @@ def memory_sentences(rows) -> list[str]:
         if "jax" in rs and "torch" in rs:
             j, t = rs["jax"], rs["torch"]
             out.append(f"Memory, {workload.replace('memory_', '').replace('_', ' ')}: peak RSS {fmt_bytes(j['peak_rss_bytes'])} "
-                       f"(JAX) vs {fmt_bytes(t['peak_rss_bytes'])} (torch); growth during the runs "
+                       f"(JAX) vs {fmt_bytes(t['peak_rss_bytes'])} (torch); growth while running "
                        f"{fmt_bytes(j['peak_rss_bytes'] - j.get('rss_before_bytes', 0))} vs "
                        f"{fmt_bytes(t['peak_rss_bytes'] - t.get('rss_before_bytes', 0))}.")
     return out

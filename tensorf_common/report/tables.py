@@ -334,12 +334,12 @@ def memory_table(rows: list[dict]) -> Table:
         "Peak memory (fresh process per measurement)",
         df,
         [Column("workload", "workload"), Column("framework", "framework"), Column("device", "device"),
-         Column("peak_rss_bytes", "peak RSS", fmt_bytes, "min"), Column("delta", "RSS growth during the runs", fmt_bytes, "min"),
+         Column("peak_rss_bytes", "peak RSS", fmt_bytes, "min"), Column("delta", "RSS growth while running", fmt_bytes, "min"),
          Column("temp_bytes", "XLA temp (compiled)", fmt_bytes), Column("peak_estimate_bytes", "XLA peak estimate", fmt_bytes),
          Column("cuda_peak_bytes", "CUDA peak", fmt_bytes, "min"), Column("device_peak_bytes", "device peak", fmt_bytes, "min")],
         block=["workload"],
-        note="RSS is the whole process (interpreter, libraries, data); its growth during the measured "
-        "runs is what the workload itself needs beyond what the allocator already held.",
+        note="RSS is the whole process (interpreter, libraries, inputs, compiled code); its growth from "
+        "before the first run to the peak of the runs is what running the workload needs.",
     )
 
 
