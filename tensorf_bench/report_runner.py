@@ -279,7 +279,7 @@ def stage_data(ctx: Context):
 
         if not (scene_cache_dir() / SCENE_MARKER).is_file():
             ctx.progress.update(text="rendering the built-in procedural scene (once)")
-    root = resolve_data_dir(ctx.data)
+    root = resolve_data_dir(ctx.data).resolve()
     cfg = ctx.preset.experiment()
     ctx.progress.update(text="loading the test views")
     ds = load_from_config(root, cfg.data, ("test",))
@@ -539,7 +539,7 @@ class ReportRun:
                     prog.write(f"  = {s.name}: done earlier ({done[s.name].seconds:.0f} s)")
                     continue
                 if s.kind == "quality" and "data_dir" not in ctx.options:
-                    ctx.options["data_dir"] = str(resolve_data_dir(self.data))
+                    ctx.options["data_dir"] = str(resolve_data_dir(self.data).resolve())
                 prog.start_stage(s.name, s.estimate_s)
                 started, t0 = _now(), time.perf_counter()
                 try:

@@ -1,0 +1,51 @@
+"""Report presets: the compared quality runs differ only in their appearance strategy (and precision),
+share the budget, and the torch reference trains with the official threshold."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from tensorf_common.config import ConfigError, ExperimentConfig
+from tensorf_common.report.presets import REPORT_PRESETS, preset_to_json, report_preset
+
+
+@pytest.mark.parametrize("name", sorted(REPORT_PRESETS))
+def test_quality_runs_differ_only_in_appearance_and_precision(name):
+    p = report_preset(name)
+    base = p.experiment()
+    assert base.train.minutes == p.minutes
+    names = [q.name for q in p.quality]
+    assert len(set(names)) == len(names) and "torch" in names
+    assert {"jax-topk", "jax-threshold", "jax-all"} <= set(names)
+    for spec in p.quality:
+        cfg = p.experiment(spec)
+        assert isinstance(cfg, ExperimentConfig)
+        assert cfg.data == base.data and cfg.field == base.field
+        assert dataclasses.replace(cfg.train, precision=base.train.precision) == base.train
+        neutral = dict(appearance=base.render.appearance, topk=base.render.topk, app_capacity=base.render.app_capacity)
+        assert dataclasses.replace(cfg.render, **neutral) == base.render
+        if spec.framework == "torch":
+            assert cfg.render.appearance == "threshold" and spec.precision == "fp32"
+        else:
+            assert cfg.render.appearance == spec.appearance
+            assert cfg.train.precision == spec.precision
+        # a config that round-trips through JSON, as the quality child reads it
+        assert ExperimentConfig.from_dict(cfg.to_dict()) == cfg
+
+
+def test_quick_preset_fits_its_time_and_keeps_the_learning_rate():
+    p = report_preset("quick")
+    assert p.estimate_seconds() <= 600
+    cfg = p.experiment(p.quality[0])
+    # a constant learning rate: the decay span (n_iters) is far longer than a minute of steps
+    assert cfg.train.schedule_unit == "iter" and cfg.train.n_iters >= 10_000 and cfg.train.upsample_at == ()
+    assert p.parity_k and p.bench_size == "quick"
+
+
+def test_unknown_preset_and_json():
+    with pytest.raises(ConfigError, match="unknown report preset"):
+        report_preset("nope")
+    d = preset_to_json(report_preset("full"))
+    assert d["name"] == "full" and d["data"]["max_test_views"] == 10 and d["quality"][0]["name"] == "jax-topk"
