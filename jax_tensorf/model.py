@@ -25,7 +25,7 @@ from . import alpha_mask as am
 from . import fields
 from .appearance import apply_render, init_render_params
 from .precision import FP32, Policy
-from .rendering import RenderOptions, render_rays
+from .rendering import RenderOptions, bucket_capacity, render_rays
 from .sampling import normalize_coord
 from .xla import xla_options
 
@@ -139,16 +139,7 @@ def _valid_count_fn(near: float, far: float, n_samples: int):
     return fn
 
 
-def _bucket(n: float, limit: int) -> int:
-    """Round a capacity up to the next of a few sizes per octave (multiples of 1024), so that
-    capacities sized from probes rarely change the compiled shape; at most ``limit``."""
-    n = max(1024.0, float(n))
-    e = np.floor(np.log2(n))
-    for frac in (1.0, 1.25, 1.5, 1.75, 2.0):
-        size = int(np.ceil(2.0**e * frac / 1024.0) * 1024)
-        if size >= n:
-            return int(min(size, limit))
-    return int(limit)  # pragma: no cover
+
 
 
 @dataclasses.dataclass
@@ -317,8 +308,8 @@ class TensoRF:
         rays_o, rays_d = rays_o[order], rays_d[order]
         probe = rays_o[: min(total, chunk)], rays_d[: min(total, chunk)]
         valid = self.count_valid_samples(*probe, n) * chunk / max(1, probe[0].shape[0])
-        cap_s = _bucket(valid * 1.3 + 1024, chunk * n)
-        cap_a = min(cap_s, _bucket(8 * chunk, chunk * n)) if strategy == "threshold" else None
+        cap_s = bucket_capacity(valid * 1.3 + 1024, chunk * n)
+        cap_a = min(cap_s, bucket_capacity(8 * chunk, chunk * n)) if strategy == "threshold" else None
         caps = self._eval_caps.get((chunk, n), (cap_s, cap_a))
         outs: dict[str, list] = {"rgb": [], "depth": [], "acc": []}
         for start in range(0, total, chunk):
@@ -338,8 +329,8 @@ class TensoRF:
                 over_a = caps[1] is not None and int(out["stats"]["app_overflow"]) > 0
                 if not (over_s or over_a):
                     break
-                cap_s = _bucket(caps[0] * 2, chunk * n) if over_s else caps[0]
-                cap_a = min(cap_s, _bucket(caps[1] * 2, chunk * n)) if caps[1] is not None else None
+                cap_s = bucket_capacity(caps[0] * 2, chunk * n) if over_s else caps[0]
+                cap_a = min(cap_s, bucket_capacity(caps[1] * 2, chunk * n)) if caps[1] is not None else None
                 caps = (cap_s, cap_a)
             for k in outs:
                 if k in out:

@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tensorf_common.config import ConfigError
 
@@ -91,6 +92,18 @@ def compact(mask: jax.Array, capacity: int):
         jnp.arange(mask.size, dtype=jnp.int32), mode="drop"
     )
     return idx, idx < mask.size, pos[-1] + 1
+
+
+def bucket_capacity(n: float, limit: int) -> int:
+    """Round a capacity up to the next of a few sizes per octave (multiples of 1024), so that
+    capacities sized from probes rarely change the compiled shape; at most ``limit``."""
+    n = max(1024.0, float(n))
+    e = np.floor(np.log2(n))
+    for frac in (1.0, 1.25, 1.5, 1.75, 2.0):
+        size = int(np.ceil(2.0**e * frac / 1024.0) * 1024)
+        if size >= n:
+            return int(min(size, limit))
+    return int(limit)  # pragma: no cover
 
 
 @dataclass(frozen=True)

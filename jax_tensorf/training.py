@@ -36,6 +36,7 @@ from tensorf_common.geometry import n_to_reso, train_n_samples
 from . import alpha_mask as am
 from . import fields
 from .model import TensoRF, render_model
+from .rendering import bucket_capacity
 from .regularizers import density_l1, ortho_loss, tv_loss
 from .precision import FP32, Policy, policy_from_config
 from .sampling import per_ray_jitter
@@ -388,10 +389,16 @@ class Trainer:
             want = max(int(rc.sample_capacity * total), int(probe * 1.2))
             self.sched.sample_capacity = _round_cap(want, total)
         if rc.appearance == "threshold" and rc.app_capacity is not None:
+            # appearance samples are a subset of the valid ones: the sample capacity bounds them
+            limit = self.sched.sample_capacity or total
+            recent = [p.app_fraction for p in self.history[-3:] if p.n_samples == self.sched.n_samples]
             if initial or self.sched.app_capacity is None:
-                self.sched.app_capacity = _round_cap(int(rc.app_capacity * total), total)
+                want = int(rc.app_capacity * total)
+            elif recent:  # size to what the last log windows needed, with room to grow
+                want = int(1.5 * max(recent) * total)
             else:
-                self.sched.app_capacity = _round_cap(self.sched.app_capacity, total)
+                want = int(self.sched.app_capacity)
+            self.sched.app_capacity = _round_cap(min(want, limit), limit)
         else:
             self.sched.app_capacity = None
 
@@ -718,8 +725,9 @@ class Trainer:
         if point.sample_overflow > 0 and s.sample_capacity is not None and s.sample_capacity < total:
             s.sample_capacity = _round_cap(int(s.sample_capacity * 1.5), total)
             changed = True
-        if point.app_overflow > 0 and s.app_capacity is not None and s.app_capacity < total:
-            s.app_capacity = _round_cap(int(s.app_capacity * 1.5), total)
+        if point.app_overflow > 0 and s.app_capacity is not None and s.app_capacity < (s.sample_capacity or total):
+            limit = s.sample_capacity or total
+            s.app_capacity = _round_cap(min(int(s.app_capacity * 1.5), limit), limit)
             changed = True
         if changed:
             self.events.append({"event": "capacity", "step": s.step, "sample": s.sample_capacity, "app": s.app_capacity})
@@ -734,8 +742,10 @@ class Trainer:
         return save_trainer(self, path)
 
 
-def _round_cap(n: int, total: int, multiple: int = 1024) -> int:
-    return int(min(total, max(multiple, -(-int(n) // multiple) * multiple)))
+def _round_cap(n: int, total: int) -> int:
+    """A capacity of at least ``n``, rounded up to one of a few sizes per octave (so that re-sized
+    capacities rarely change the compiled shape), at most ``total``."""
+    return int(bucket_capacity(n, total))
 
 
 @functools.lru_cache(maxsize=None)
