@@ -30,31 +30,51 @@ def alpha_from_sigma(sigma: jax.Array, step) -> jax.Array:
     return 1.0 - jnp.exp(-sigma * step)
 
 
-def query_alpha_mask(mask: jax.Array, mask_aabb: jax.Array, xyz: jax.Array) -> jax.Array:
-    """Whether world points (..., 3) fall in the mask (Z, Y, X): trilinear value > 0."""
+def mask_corner_codes(mask: jax.Array) -> jax.Array:
+    """Per cell of the mask lattice, its 8 corners as the bits of a uint8: ``(Z+1, Y+1, X+1)``.
+
+    Cell ``c`` (per axis ``c = floor(position) + 1``, so cells -1..size-1 of the lattice become
+    0..size) holds corner ``(dz, dy, dx)`` in bit ``4 dz + 2 dy + dx``; corners outside the volume
+    are 0 (zero padding)."""
+    p = jnp.pad(mask.astype(jnp.uint8), ((1, 1), (1, 1), (1, 1)))
     Z, Y, X = mask.shape
+    code = jnp.zeros((Z + 1, Y + 1, X + 1), jnp.uint8)
+    for dz in (0, 1):
+        for dy in (0, 1):
+            for dx in (0, 1):
+                corner = p[dz : dz + Z + 1, dy : dy + Y + 1, dx : dx + X + 1]
+                code = code | (corner << (4 * dz + 2 * dy + dx))
+    return code
+
+
+# bits of the corners with d = 0 on one axis (the only corners whose weight is non-zero when the
+# point sits exactly on a lattice plane of that axis)
+_D0_X, _D0_Y, _D0_Z = 0x55, 0x33, 0x0F
+
+
+def query_alpha_mask(mask: jax.Array, mask_aabb: jax.Array, xyz: jax.Array) -> jax.Array:
+    """Whether world points (..., 3) fall in the mask (Z, Y, X): ``grid_sample(mask) > 0``.
+
+    The trilinear value is positive exactly when some set corner has a positive weight; a corner
+    on the far side of an axis has weight ``frac`` (zero only on a lattice plane) and one on the
+    near side ``1 - frac`` (never zero). So one gather of the cell's 8 corner bits
+    (:func:`mask_corner_codes`), masked by the corners whose weight is positive, answers it exactly
+    (8 gathers of the float volume before)."""
+    Z, Y, X = mask.shape
+    codes = mask_corner_codes(mask)
     n = normalize_coord(xyz, mask_aabb)
     sizes = (X, Y, Z)
     pos = [(n[..., d] + 1.0) * 0.5 * (sizes[d] - 1) for d in range(3)]
     lo = [jnp.floor(p) for p in pos]
     frac = [p - l for p, l in zip(pos, lo)]
-    lo = [l.astype(jnp.int32) for l in lo]
-    flat = mask.reshape(-1)
-    hit = jnp.zeros(xyz.shape[:-1], dtype=bool)
-    for dx in (0, 1):
-        for dy in (0, 1):
-            for dz in (0, 1):
-                ix, iy, iz = lo[0] + dx, lo[1] + dy, lo[2] + dz
-                # the corner's weight is non-zero iff every factor is non-zero
-                w_pos = (
-                    ((frac[0] > 0) if dx else (frac[0] < 1))
-                    & ((frac[1] > 0) if dy else (frac[1] < 1))
-                    & ((frac[2] > 0) if dz else (frac[2] < 1))
-                )
-                inside = (ix >= 0) & (ix < X) & (iy >= 0) & (iy < Y) & (iz >= 0) & (iz < Z)
-                lin = (jnp.clip(iz, 0, Z - 1) * Y + jnp.clip(iy, 0, Y - 1)) * X + jnp.clip(ix, 0, X - 1)
-                hit = hit | (w_pos & inside & flat[lin])
-    return hit
+    cell = [l.astype(jnp.int32) + 1 for l in lo]
+    inside = (cell[0] >= 0) & (cell[0] <= X) & (cell[1] >= 0) & (cell[1] <= Y) & (cell[2] >= 0) & (cell[2] <= Z)
+    lin = (jnp.clip(cell[2], 0, Z) * (Y + 1) + jnp.clip(cell[1], 0, Y)) * (X + 1) + jnp.clip(cell[0], 0, X)
+    code = codes.reshape(-1)[lin]
+    code = code & jnp.where(frac[0] > 0, 0xFF, _D0_X).astype(jnp.uint8)
+    code = code & jnp.where(frac[1] > 0, 0xFF, _D0_Y).astype(jnp.uint8)
+    code = code & jnp.where(frac[2] > 0, 0xFF, _D0_Z).astype(jnp.uint8)
+    return inside & (code != 0)
 
 
 def dilate_and_threshold(alpha_xyz: jax.Array, thres: float) -> jax.Array:

@@ -18,7 +18,11 @@ and vectorised in several selectable ways (``RenderConfig.vmap_variant``):
   not cubic) and an outer vmap runs over the pair axis;
 - ``rays``: points shaped (R, N, 3); the inner vmap runs over rays, the outer over samples (the seed's
   "magic vmap", ``in_axes=-2`` innermost);
-- ``samples``: points shaped (R, N, 3); the inner vmap runs over samples, the outer over rays.
+- ``samples``: points shaped (R, N, 3); the inner vmap runs over samples, the outer over rays;
+- ``gather``: no vmap: the same corner arithmetic (:func:`_plane_corners`, :func:`_line_corners`)
+  on whole arrays, the corner indices and weights materialised once per point, then one plain
+  gather per corner. XLA's CPU backend otherwise recomputes the per-point index arithmetic for
+  every channel inside each gather fusion; this is the fastest layout there.
 
 All variants compute the same numbers (tests check max-abs <= 1e-6).
 """
@@ -38,12 +42,48 @@ MAT_MODE = ((0, 1), (0, 2), (1, 2))
 VEC_MODE = (2, 1, 0)
 """Line k runs along axis VEC_MODE[k] (official ``vecMode``)."""
 
-VMAP_VARIANTS = ("flat", "pairs", "rays", "samples")
+VMAP_VARIANTS = ("flat", "pairs", "rays", "samples", "gather")
 
 
 # ---------------------------------------------------------------------------------------------
 # The lookup, written once for one point.
 # ---------------------------------------------------------------------------------------------
+
+
+def _plane_corners(h, w, u, v):
+    """The four bilinear corners of (u, v) in an h x w plane: ``[(row, col, weight), ...]`` with rows
+    and columns clipped into the plane and the weight of a corner outside it set to 0 (zero
+    padding). Works on scalars (the point function) and on arrays (the ``gather`` variant)."""
+    x = (u + 1.0) * 0.5 * (w - 1)
+    y = (v + 1.0) * 0.5 * (h - 1)
+    x0f = jnp.floor(x)
+    y0f = jnp.floor(y)
+    fx = x - x0f
+    fy = y - y0f
+    x0 = x0f.astype(jnp.int32)
+    y0 = y0f.astype(jnp.int32)
+    out = []
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        xi = x0 + dx
+        yi = y0 + dy
+        weight = (fx if dx else 1.0 - fx) * (fy if dy else 1.0 - fy)
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        out.append((jnp.clip(yi, 0, h - 1), jnp.clip(xi, 0, w - 1), jnp.where(inside, weight, 0.0)))
+    return out
+
+
+def _line_corners(length, t):
+    """The two linear corners of t on a line: ``[(index, weight), ...]`` (clipped, 0 outside)."""
+    x = (t + 1.0) * 0.5 * (length - 1)
+    x0f = jnp.floor(x)
+    fx = x - x0f
+    x0 = x0f.astype(jnp.int32)
+    out = []
+    for dx in (0, 1):
+        xi = x0 + dx
+        inside = (xi >= 0) & (xi < length)
+        out.append((jnp.clip(xi, 0, length - 1), jnp.where(inside, fx if dx else 1.0 - fx, 0.0)))
+    return out
 
 
 def _bilinear_point(plane: jax.Array, u: jax.Array, v: jax.Array, wh: jax.Array | None = None) -> jax.Array:
@@ -55,22 +95,10 @@ def _bilinear_point(plane: jax.Array, u: jax.Array, v: jax.Array, wh: jax.Array 
     H, W = plane.shape[0], plane.shape[1]
     w_true = W if wh is None else wh[0]
     h_true = H if wh is None else wh[1]
-    x = (u + 1.0) * 0.5 * (w_true - 1)
-    y = (v + 1.0) * 0.5 * (h_true - 1)
-    x0f = jnp.floor(x)
-    y0f = jnp.floor(y)
-    fx = x - x0f
-    fy = y - y0f
-    x0 = x0f.astype(jnp.int32)
-    y0 = y0f.astype(jnp.int32)
     out = None
-    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
-        xi = x0 + dx
-        yi = y0 + dy
-        w = (fx if dx else 1.0 - fx) * (fy if dy else 1.0 - fy)
-        inside = (xi >= 0) & (xi < w_true) & (yi >= 0) & (yi < h_true)
-        val = plane[jnp.clip(yi, 0, H - 1), jnp.clip(xi, 0, W - 1)]
-        term = val * jnp.where(inside, w, 0.0).astype(val.dtype)
+    for row, col, weight in _plane_corners(h_true, w_true, u, v):
+        val = plane[jnp.minimum(row, H - 1), jnp.minimum(col, W - 1)]
+        term = val * weight.astype(val.dtype)
         out = term if out is None else out + term
     return out
 
@@ -78,17 +106,9 @@ def _bilinear_point(plane: jax.Array, u: jax.Array, v: jax.Array, wh: jax.Array 
 def _linear_point(line: jax.Array, t: jax.Array, length: jax.Array | None = None) -> jax.Array:
     """Linear lookup of one point in a channel-last line (L, C) (``grid_sample`` on (1,C,L,1) at x=0)."""
     L = line.shape[0]
-    l_true = L if length is None else length
-    x = (t + 1.0) * 0.5 * (l_true - 1)
-    x0f = jnp.floor(x)
-    fx = x - x0f
-    x0 = x0f.astype(jnp.int32)
     out = None
-    for dx in (0, 1):
-        xi = x0 + dx
-        w = fx if dx else 1.0 - fx
-        inside = (xi >= 0) & (xi < l_true)
-        term = line[jnp.clip(xi, 0, L - 1)] * jnp.where(inside, w, 0.0).astype(line.dtype)
+    for idx, weight in _line_corners(L if length is None else length, t):
+        term = line[jnp.minimum(idx, L - 1)] * weight.astype(line.dtype)
         out = term if out is None else out + term
     return out
 
@@ -135,6 +155,34 @@ def _vectorise(fn: Callable, xyz: jax.Array, variant: str) -> jax.Array:
     raise ConfigError(f"render.vmap_variant: unknown {variant!r}; choose one of {VMAP_VARIANTS}")
 
 
+def _gather_plane(plane: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
+    """Batched bilinear lookup (the ``gather`` variant): (P,) coordinates -> (P, C)."""
+    H, W, C = plane.shape
+    corners = _plane_corners(H, W, u, v)
+    idx = [row * W + col for row, col, _ in corners]
+    wts = [weight for _, _, weight in corners]
+    idx, wts = jax.lax.optimization_barrier((idx, wts))  # computed once per point, not per channel
+    flat = plane.reshape(H * W, C)
+    return sum(flat[i] * w[:, None].astype(flat.dtype) for i, w in zip(idx, wts))
+
+
+def _gather_line(line: jax.Array, t: jax.Array) -> jax.Array:
+    """Batched linear lookup (the ``gather`` variant): (P,) coordinates -> (P, C)."""
+    corners = _line_corners(line.shape[0], t)
+    idx, wts = jax.lax.optimization_barrier(([i for i, _ in corners], [w for _, w in corners]))
+    return sum(line[i] * w[:, None].astype(line.dtype) for i, w in zip(idx, wts))
+
+
+def _pair_gather(plane, line, xyz: jax.Array, k: int, out_dtype=None) -> jax.Array:
+    flat = xyz.reshape(-1, 3)
+    a, b = MAT_MODE[k]
+    p = _gather_plane(plane, flat[:, a], flat[:, b])
+    l = _gather_line(line, flat[:, VEC_MODE[k]])
+    if out_dtype is not None:
+        p, l = p.astype(out_dtype), l.astype(out_dtype)
+    return (p * l).reshape(*xyz.shape[:-1], -1)
+
+
 def _stack_padded(arrays: Sequence[jax.Array]) -> jax.Array:
     """Zero-pad arrays to a common shape and stack them on a new leading axis."""
     shape = tuple(max(a.shape[d] for a in arrays) for d in range(arrays[0].ndim))
@@ -175,6 +223,8 @@ def vm_pair_features(planes, lines, xyz_n: jax.Array, variant: str = "flat", out
     the products (mixed precision: bf16 lookups with float32 products, say)."""
     if variant == "pairs":
         return _pairs_features(planes, lines, xyz_n, out_dtype)
+    if variant == "gather":
+        return [_pair_gather(planes[k], lines[k], xyz_n, k, out_dtype) for k in range(3)]
     return [
         _vectorise(lambda p, k=k: _pair_point(planes[k], lines[k], p, k, out_dtype), xyz_n, variant)
         for k in range(3)
@@ -195,6 +245,15 @@ def cp_features(lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None) 
     """CP component products ``line_0 * line_1 * line_2`` -> (..., R)."""
     if variant == "pairs":
         variant = "flat"  # CP has no plane/line pairs to stack
+    if variant == "gather":
+        flat = xyz_n.reshape(-1, 3)
+        out = None
+        for k in range(3):
+            v = _gather_line(lines[k], flat[:, VEC_MODE[k]])
+            if out_dtype is not None:
+                v = v.astype(out_dtype)
+            out = v if out is None else out * v
+        return out.reshape(*xyz_n.shape[:-1], -1)
 
     def point(p):
         out = None

@@ -86,6 +86,9 @@ def compact(mask: jax.Array, capacity: int):
     Same result as ``jnp.nonzero(mask, size=capacity)``, 3x faster on XLA's CPU backend: positions
     come from a parallel prefix sum and entries past the capacity are dropped by the scatter.
     """
+    # materialise the mask once: otherwise XLA fuses its producer (sampling, the mask query) into
+    # every level of the scan and recomputes it there
+    mask = jax.lax.optimization_barrier(mask)
     pos = jax.lax.associative_scan(jnp.add, mask.astype(jnp.int32)) - 1
     target = jnp.where(mask, pos, capacity)
     idx = jnp.full((capacity,), mask.size, jnp.int32).at[target].set(

@@ -19,7 +19,7 @@ from typing import Literal, Optional
 ModelKind = Literal["VM", "CP"]
 ShadingMode = Literal["MLP_Fea", "MLP_PE", "MLP", "SH", "RGB"]
 AppearanceStrategy = Literal["all", "threshold", "topk", "sample"]
-VmapVariant = Literal["flat", "pairs", "rays", "samples"]
+VmapVariant = Literal["flat", "pairs", "rays", "samples", "gather"]
 DensityActivation = Literal["softplus", "relu"]
 ScheduleUnit = Literal["iter", "fraction"]
 OptimizerOnUpsample = Literal["recreate", "resize"]
@@ -128,8 +128,10 @@ class RenderConfig:
     """Compact the valid samples (inside the box and the alpha mask) to this fraction of all samples
     of the batch before the density lookup (overflow is counted). None = evaluate every sample."""
     vmap_variant: VmapVariant = "flat"
-    """How the grid lookup is vectorised: flat (one batched gather), pairs (vmap over the three
-    plane/line pairs), rays (the seed's extra inner vmap over rays), samples (inner vmap over samples)."""
+    """How the grid lookup is vectorised: flat (the point function vmapped over flattened points),
+    pairs (an outer vmap over the three plane/line pairs), rays (the seed's extra inner vmap over
+    rays), samples (inner vmap over samples), gather (no vmap: corners computed once per point,
+    then plain gathers)."""
     chunk: int = 4096
     """Rays per chunk when rendering whole images."""
     n_samples_eval: Optional[int] = None
