@@ -67,7 +67,7 @@ def test_grid_sample_1d(twins, where):
     assert_close(f"fields.grid_sample_1d[{where}]", got, want)
 
 
-@pytest.mark.parametrize("variant", ["flat", "pairs", "rays", "samples"])
+@pytest.mark.parametrize("variant", jf.VMAP_VARIANTS)
 def test_vm_features_and_density_feature(twins, variant):
     planes, lines = _planes_lines(twins.GRID)
     jp, jl = _jax(planes, lines)

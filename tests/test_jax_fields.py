@@ -24,7 +24,7 @@ from jax_helpers import (
 from jax_tensorf import fields
 from tensorf_common.config import ConfigError
 
-VARIANTS = ("flat", "pairs", "rays", "samples")
+VARIANTS = fields.VMAP_VARIANTS  # flat first: the reference the others are compared with
 GRID = [5, 7, 6]  # [X, Y, Z], deliberately non-cubic
 COMPS = (2, 3, 4)  # different per pair: a mixed-up pair order changes shapes
 
