@@ -64,3 +64,21 @@ def test_tensorf_common_imports_neither_jax_nor_torch():
 def test_cli_modules_import_neither_jax_nor_torch(module):
     res = _run(module)
     assert res["culprit"] is None, f"importing {res['culprit']} loaded {res['loaded']}"
+
+
+def test_test_module_basenames_unique():
+    """pytest's default (prepend) import mode imports test files by basename: two test directories
+    holding a ``test_x.py`` each fail collection of the whole suite ("import file mismatch")."""
+    import tomllib
+
+    paths = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["testpaths"]
+    seen: dict[str, str] = {}
+    clashes = []
+    for d in paths:
+        for f in sorted((REPO_ROOT / d).glob("*.py")):
+            if f.name == "conftest.py":
+                continue
+            if f.name in seen:
+                clashes.append(f"{seen[f.name]} and {d}/{f.name}")
+            seen[f.name] = f"{d}/{f.name}"
+    assert not clashes, "same module basename in two test directories: " + "; ".join(clashes)
