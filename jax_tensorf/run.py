@@ -8,7 +8,6 @@ throughput, compile times, schedule events, peak memory and the evaluation.
 from __future__ import annotations
 
 import dataclasses
-import resource
 import sys
 import time
 from pathlib import Path
@@ -17,11 +16,7 @@ from typing import Callable, Optional
 
 from tensorf_common.atomic import write_json
 from tensorf_common.config import ExperimentConfig
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+from tensorf_common.runtime import peak_rss_bytes
 
 
 def eval_views(split, cfg: ExperimentConfig) -> list[int]:

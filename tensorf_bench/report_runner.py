@@ -634,7 +634,7 @@ def _quality_jax(job: dict, cfg, out_dir: Path) -> dict:
 
 
 def _quality_torch(job: dict, cfg, out_dir: Path) -> dict:
-    import resource
+    from tensorf_common.runtime import peak_rss_bytes
 
     import numpy as np
     import torch
@@ -719,7 +719,7 @@ def _quality_torch(job: dict, cfg, out_dir: Path) -> dict:
         "rays_per_s": round(steps * tc.batch_size / busy, 1) if steps and busy > 0 else None,
         "eval": results.to_json_dict(),
         "eval_render_seconds": round(render_s, 3),
-        "peak_rss_bytes": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         "device": device if device == "cpu" else f"cuda:{torch.cuda.get_device_name(0)}",
     }
     if device == "cuda":

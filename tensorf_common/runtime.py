@@ -67,6 +67,26 @@ def active_allocator() -> str:
     return "mimalloc" if "libmimalloc" in maps else "system"
 
 
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process image, in bytes.
+
+    Reads ``VmHWM`` from ``/proc/self/status``: ``getrusage``'s ``ru_maxrss`` carries the high-water
+    mark of the image before ``exec`` (a process forked from a large one, or re-executed with the
+    allocator, reports its parent's peak). Falls back to ``ru_maxrss`` where /proc is absent.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return rss if sys.platform == "darwin" else rss * 1024
+
+
 def reexec_with_allocator(argv: Sequence[str]) -> None:
     """Replace this process with itself under mimalloc (once); returns if nothing needs doing.
 
