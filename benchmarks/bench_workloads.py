@@ -19,7 +19,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from tensorf_common.config import ExperimentConfig, FieldConfig, RenderConfig, TrainConfig, preset
+from tensorf_common.config import THRESHOLD_APP_CAPACITY, ExperimentConfig, FieldConfig, TrainConfig, preset
 from tensorf_common.geometry import train_n_samples
 
 AABB = np.array([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]], np.float32)
@@ -31,8 +31,8 @@ def experiment(size, appearance: str = "threshold", k: Optional[int] = None) -> 
     """The cpu preset with the size's field and the given appearance strategy.
 
     Sample compaction is off (``sample_capacity=None``): with a random field every in-box sample
-    is valid, so a capacity would only measure overflow. ``threshold`` keeps the preset's
-    compacted capacity (what the cpu preset trains with); fixed-shape strategies cost the same
+    is valid, so a capacity would only measure overflow. ``threshold`` compacts its selected
+    samples to a fixed capacity (THRESHOLD_APP_CAPACITY); fixed-shape strategies cost the same
     whatever the data.
     """
     base = preset("cpu")
@@ -41,7 +41,7 @@ def experiment(size, appearance: str = "threshold", k: Optional[int] = None) -> 
         base.render,
         appearance=appearance,
         topk=k or base.render.topk,
-        app_capacity=base.render.app_capacity if appearance == "threshold" else None,
+        app_capacity=(base.render.app_capacity or THRESHOLD_APP_CAPACITY) if appearance == "threshold" else None,
         sample_capacity=None,
     )
     train = dataclasses.replace(base.train, batch_size=size.rays)

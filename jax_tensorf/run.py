@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from tensorf_common.atomic import write_json
 from tensorf_common.config import ExperimentConfig
-from tensorf_common.runtime import peak_rss_bytes
+from tensorf_common.runtime import peak_rss_bytes, release_memory
 
 
 def eval_views(split, cfg: ExperimentConfig) -> list[int]:
@@ -76,7 +76,9 @@ def train_run(
         "history": [dataclasses.asdict(p) for p in trainer.history],
         "rays_per_s": _steady_rays_per_s(trainer),
     }
+    summary["peak_rss_train_bytes"] = peak_rss_bytes()
     if evaluate:
+        release_memory()
         test = dataset["test"]
         results, render_s = evaluate_split(
             trainer.model, test, out_dir / "eval", eval_views(test, cfg), lpips=lpips

@@ -32,6 +32,7 @@ from flax.training.dynamic_scale import DynamicScale
 from tensorf_common.config import ExperimentConfig, TrainConfig
 from tensorf_common.errors import TrainingError
 from tensorf_common.geometry import n_to_reso, train_n_samples
+from tensorf_common.runtime import release_memory
 
 from . import alpha_mask as am
 from . import fields
@@ -365,6 +366,7 @@ class Trainer:
             self.events.append({"event": "ray_filter_box", "kept": int(self.sampler.pool_size), "of": split.n_rays})
         self.sched.n_samples = train_n_samples(reso, self.cfg.render.step_ratio, self.cfg.render.max_samples)
         self._set_capacities(initial=True)
+        release_memory()
         self.setup_seconds = time.perf_counter() - t0
 
     @staticmethod
@@ -469,6 +471,7 @@ class Trainer:
             except Exception:  # memory analysis is optional per backend
                 pass
             self.compiles.append(info)
+            release_memory()
             self.log(f"compiled train step #{len(self.compiles)} for grid {m.grid_size}, N={s.n_samples} in {seconds:.1f}s")
         return self._compiled[sig]
 

@@ -54,7 +54,7 @@ from tensorf_common.report.io import (
     read_stages,
     write_stage,
 )
-from tensorf_common.report.presets import QualitySpec, ReportPreset, preset_to_json, report_preset
+from tensorf_common.report.presets import QualitySpec, ReportPreset, preset_to_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROGRESS_PREFIX = "@@progress "

@@ -9,11 +9,12 @@ owner-only mode of ``tempfile.mkstemp``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Union
+from typing import IO, Any, Callable, Iterator, Optional, Union
 
 PathLike = Union[str, os.PathLike]
 
@@ -43,6 +44,20 @@ def atomic_path(path: PathLike, suffix: str = ".tmp") -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: PathLike, mode: str = "wb", fsync: bool = False, **open_kwargs: Any) -> Iterator[IO]:
+    """An open temporary file next to ``path`` (``mode`` "wb" or "w"); on success it replaces ``path``.
+
+    ``fsync`` flushes the data to disk before the rename (checkpoints and model files).
+    """
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, **open_kwargs) as f:
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
 
 
 def write_bytes(path: PathLike, data: bytes) -> Path:
@@ -76,4 +91,6 @@ def json_default(o: Any) -> Any:
         return o.tolist()
     if isinstance(o, Path):
         return str(o)
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")

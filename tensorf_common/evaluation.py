@@ -34,13 +34,13 @@ import io
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .atomic import atomic_file
 from .errors import TensorfBenchError
 from .lpips_weights import NETS, canonical_net
 from .metrics import NOT_AVAILABLE, json_number, mean_metric, psnr, ssim
@@ -199,17 +199,8 @@ def _csv_cell(v: Any) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write(text)
 
 
 def write_metrics(out_dir: Union[str, os.PathLike], results: EvalResults) -> tuple[Path, Path]:

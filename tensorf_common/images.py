@@ -8,10 +8,10 @@ place, so a killed writer never leaves a truncated image behind.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
+
+from .atomic import atomic_file
 
 _CONVERTIBLE_MODES = {"RGBA", "RGB", "L", "LA", "P", "PA", "RGBa", "La", "CMYK", "YCbCr"}
 
@@ -55,20 +55,8 @@ def write_png(path: str | os.PathLike, image: np.ndarray, compress_level: int = 
     arr = np.asarray(image)
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ValueError(f"write_png: need a uint8 (H, W, 3|4) array, got {arr.dtype} {arr.shape}")
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(np.ascontiguousarray(arr)).save(
-                fh, format="PNG", compress_level=compress_level
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path) as fh:
+        Image.fromarray(np.ascontiguousarray(arr)).save(fh, format="PNG", compress_level=compress_level)
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:

@@ -87,6 +87,23 @@ def peak_rss_bytes() -> int:
     return rss if sys.platform == "darwin" else rss * 1024
 
 
+def release_memory() -> None:
+    """Hand freed heap memory back to the OS (mimalloc's ``mi_collect``, else glibc's
+    ``malloc_trim``). Both allocators keep freed pages for reuse; after a large one-off (an XLA
+    compilation, the ray filter over every training ray) that kept 300-400 MB resident. Called at
+    schedule events, never per step. A no-op where neither symbol exists."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL(None)
+    except OSError:  # pragma: no cover
+        return
+    if hasattr(lib, "mi_collect"):
+        lib.mi_collect(ctypes.c_bool(True))
+    elif hasattr(lib, "malloc_trim"):
+        lib.malloc_trim(ctypes.c_size_t(0))
+
+
 def reexec_with_allocator(argv: Sequence[str]) -> None:
     """Replace this process with itself under mimalloc (once); returns if nothing needs doing.
 

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import numpy as np
 
+from tensorf_common.atomic import atomic_file
 from tensorf_common.errors import CheckpointError, ConversionError
 
 from .model import PortableModel
@@ -75,23 +75,9 @@ def config_path(path: PathLike) -> Path:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; model files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    with atomic_file(path, fsync=True) as f:
+        f.write(data)
+    return Path(path)
 
 
 def _require_file(path: Path) -> None:

@@ -8,7 +8,6 @@ import contextlib
 import io
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from scipy import ndimage
 
 from jax_tensorf.alpha_mask import (

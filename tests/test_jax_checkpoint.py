@@ -4,8 +4,6 @@ arrays, a model where a training run is expected) -> CheckpointError naming the 
 
 from __future__ import annotations
 
-import dataclasses
-import json
 
 import jax
 import jax.numpy as jnp

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytest
 
 from tensorf_bench import report_runner as rr
 from tensorf_common.report.compare import compare_markdown
-from tensorf_common.report.io import StageRecord, read_stages
+from tensorf_common.report.io import read_stages
 from tensorf_common.report.presets import report_preset
 
 from test_report_build import make_fake_run

@@ -22,13 +22,13 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
 import numpy as np
 import torch
 
+from tensorf_common.atomic import atomic_file
 from tensorf_common.errors import CheckpointError
 
 from .alpha_mask import AlphaGridMask
@@ -252,21 +252,8 @@ def checkpoint_dict(model: TensorBase, numpy_mask: bool = False, extra: Optional
 
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
     """``torch.save`` to a temporary file in the target folder, then rename it into place."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path, fsync=True) as f:
+        torch.save(obj, f)
 
 
 def save_checkpoint(model: TensorBase, path: PathLike, numpy_mask: bool = False, extra: Optional[dict] = None) -> None:

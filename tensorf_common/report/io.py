@@ -12,38 +12,16 @@ import json
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
+from ..atomic import json_default, write_bytes, write_text
+
 PathLike = Union[str, os.PathLike]
 
 STAGES_DIR = "stages"
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 STATUSES = ("ok", "failed", "skipped")
-
-
-def _json_default(o: Any):
-    try:
-        import numpy as np
-
-        if isinstance(o, np.integer):
-            return int(o)
-        if isinstance(o, np.floating):
-            return float(o)
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-        if isinstance(o, np.bool_):
-            return bool(o)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(o, Path):
-        return str(o)
-    if dataclasses.is_dataclass(o):
-        return dataclasses.asdict(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def clean_json(obj: Any) -> Any:
@@ -57,30 +35,12 @@ def clean_json(obj: Any) -> Any:
     return obj
 
 
-def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make report files private
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def atomic_write_text(path: PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+atomic_write_bytes = write_bytes
+atomic_write_text = write_text
 
 
 def atomic_write_json(path: PathLike, obj: Any) -> Path:
-    text = json.dumps(clean_json(json.loads(json.dumps(obj, default=_json_default))), indent=1, allow_nan=False)
+    text = json.dumps(clean_json(json.loads(json.dumps(obj, default=json_default))), indent=1, allow_nan=False)
     return atomic_write_text(path, text + "\n")
 
 

@@ -21,10 +21,10 @@ reference trains with the official ``threshold`` appearance.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..config import ConfigError, ExperimentConfig, preset as training_preset
+from ..config import THRESHOLD_APP_CAPACITY, ConfigError, ExperimentConfig, preset as training_preset
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class ReportPreset:
             render,
             appearance=app,
             topk=spec.topk or render.topk,
-            app_capacity=render.app_capacity if app == "threshold" else None,
+            app_capacity=(render.app_capacity or THRESHOLD_APP_CAPACITY) if app == "threshold" else None,
         )
         train = dataclasses.replace(cfg.train, precision=spec.precision)
         return dataclasses.replace(cfg, render=render, train=train)
@@ -156,10 +156,10 @@ def _full() -> ReportPreset:
     return ReportPreset(
         name="full",
         description="lego-sized: 400x400 views, 10 test views, the cpu training preset (carved box, "
-        "64^3 -> 160^3) for 6 min per quality run, full benchmarks (about an hour on 2 CPU cores)",
+        "64^3 -> 160^3) for 5 min per quality run, full benchmarks (about 50 minutes on 2 CPU cores)",
         bench_size="full",
         training_preset="cpu",
-        minutes=6.0,
+        minutes=5.0,
         quality=CPU_RUNS,
         train=(("log_every", 50),),
         data=(("test_stride", 20), ("max_test_views", 10)),
