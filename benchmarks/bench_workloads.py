@@ -234,6 +234,48 @@ def compile_train_step(cfg: ExperimentConfig, grid, batch: int, dtype: str = "fp
     return CompiledJax(compiled, args, t1 - t0, t2 - t1, info)
 
 
+def compile_sharded_train_step(cfg: ExperimentConfig, grid, batch: int, n_devices: int, size=None):
+    """The data-parallel train step (``training.make_sharded_step``) over the first ``n_devices``
+    devices: the global batch split on the batch axis, parameters and Adam replicated. With one
+    device it is the same shard_map step on a one-device mesh, so the ratios measure the sharding."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from jax_tensorf import training
+
+    if batch % n_devices:
+        raise ValueError(f"batch {batch} does not split over {n_devices} devices")
+    m = jax_model(cfg, grid)
+    n = train_n_samples(m.grid_size, cfg.render.step_ratio, cfg.render.max_samples)
+    opts = m.render_options(n, train=True, sample_capacity=None, app_capacity=None)
+    adam = training.make_adam(cfg.train)
+    mesh = Mesh(np.array(jax.devices()[:n_devices]), ("data",))
+    rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    o, d = make_rays(batch, seed=2)
+    rgb = np.random.default_rng(3).random((batch, 3), dtype=np.float32)
+    args = (
+        jax.device_put(m.params, rep),
+        jax.device_put(adam.init(m.params), rep),
+        jax.device_put(m.state, rep),
+        jax.device_put(jnp.asarray(o), split),
+        jax.device_put(jnp.asarray(d), split),
+        jax.device_put(jnp.asarray(rgb), split),
+        jax.device_put(jax.random.PRNGKey(1), rep),
+        jax.device_put(hyper(cfg.train), rep),
+    )
+    step = training.make_sharded_step(mesh, cfg=cfg.field, opts=opts, variant=cfg.render.vmap_variant,
+                                      reg=training.RegFlags(l1=True), adam=adam)
+    t0 = time.perf_counter()
+    lowered = step.lower(*args)
+    t1 = time.perf_counter()
+    compiled = lowered.compile(compiler_options=compiler_options("train", size))
+    t2 = time.perf_counter()
+    info = {"samples_per_ray": n, "grid": "x".join(map(str, m.grid_size)), "grid_size": list(m.grid_size),
+            "devices": n_devices}
+    return CompiledJax(compiled, args, t1 - t0, t2 - t1, info)
+
+
 def compile_render(cfg: ExperimentConfig, grid, n_rays: int, dtype: str = "fp32", params=None, fresh=False, size=None):
     """The evaluation render of one chunk of rays (no jitter, the model's own sample count)."""
     import jax

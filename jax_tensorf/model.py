@@ -126,6 +126,13 @@ def render(params, state: FieldState, rays_o, rays_d, jitter=None, key=None, *, 
     return render_model(params, state, rays_o, rays_d, jitter, key, cfg=cfg, opts=opts, variant=variant, policy=policy)
 
 
+@functools.partial(jax.jit, static_argnames=("near", "far", "n_samples"))
+def _rays_hit_mask(o, d, s, *, near: float, far: float, n_samples: int):
+    """One compiled mask test per (chunk, mask shape); module level, so that the many host chunks
+    of a ray filter reuse it (a jit of a fresh lambda per call recompiled every call)."""
+    return am.rays_hit_mask(o, d, s.aabb, near, far, s.step_size, s.mask, s.mask_aabb, n_samples)
+
+
 @functools.lru_cache(maxsize=None)
 def _valid_count_fn(near: float, far: float, n_samples: int):
     from .sampling import sample_ray
@@ -401,10 +408,8 @@ class TensoRF:
 
     def rays_hit_mask(self, rays_o: np.ndarray, rays_d: np.ndarray, chunk: int = 8192, n_samples: int = 256) -> np.ndarray:
         """Official ray filtering by the mask, chunked on the host -> bool (R,)."""
-        fn = jax.jit(
-            lambda o, d, s: am.rays_hit_mask(
-                o, d, s.aabb, self.near_far[0], self.near_far[1], s.step_size, s.mask, s.mask_aabb, n_samples
-            )
+        fn = functools.partial(
+            _rays_hit_mask, near=float(self.near_far[0]), far=float(self.near_far[1]), n_samples=int(n_samples)
         )
         out = []
         for start in range(0, rays_o.shape[0], chunk):

@@ -370,7 +370,7 @@ class Trainer:
         self.setup_seconds = time.perf_counter() - t0
 
     @staticmethod
-    def _filter_rays_by_box(split, aabb, ray_box_hit, chunk: int = 1 << 20) -> np.ndarray:
+    def _filter_rays_by_box(split, aabb, ray_box_hit, chunk: int = 1 << 18) -> np.ndarray:
         keep = np.zeros(split.n_rays, dtype=bool)
         for start in range(0, split.n_rays, chunk):
             idx = np.arange(start, min(start + chunk, split.n_rays))
@@ -410,10 +410,9 @@ class Trainer:
         rng = np.random.default_rng(self.tc.seed + 7919 * (self.sched.step + 1))
         pool = self.sampler.pool_size
         fn = _probe_fn(m.near_far[0], m.near_far[1], N)
-        pool_idx = self.sampler.pool()
         best = 0
         for _ in range(n_batches):
-            idx = pool_idx[rng.integers(0, pool, self.tc.batch_size)]
+            idx = self.sampler.at(rng.integers(0, pool, self.tc.batch_size))
             o, d = self.train_split.rays(idx)
             jitter = rng.random(self.tc.batch_size).astype(np.float32)
             best = max(best, int(fn(m.state, o, d, jitter)))

@@ -337,6 +337,9 @@ def run_benchmarks(json_path: Path, outcomes_path: Path, log_path: Path, size: s
             progress(int(m.group(3)) / 100.0, f"{m.group(1).split('::')[-1]} {m.group(2).lower()}")
 
     env = child_env({"TENSORF_BENCH_SIZE": size, "TENSORF_BENCH_OUTCOMES": outcomes_path})
+    # four host devices for the ``devices`` group on CPU (a jax option, harmless where GPUs are the
+    # default backend); the other groups run on the first device as before
+    env.setdefault("JAX_NUM_CPU_DEVICES", "4")
     rc, tail = run_child(bench_command(json_path, extra_args), log_path, env=env, timeout_s=timeout_s, on_line=on_line)
     from tensorf_common.report.results import benchmark_problems, read_outcomes
 

@@ -61,6 +61,10 @@ def fake_bench_json(scale: float = 1.0) -> dict:
         b.append(_bench("memory", f"test_memory[train_step-{fw}]", 20.0, workload="memory_train_step", framework=fw,
                         peak_rss_bytes=peak, rss_before_bytes=peak - 200 * 2**20, rays=1024, label=f"train_step {fw}",
                         **common))
+    for n, t in ((1, 0.6), (2, 0.66), (4, 0.9)):
+        b.append(_bench("devices", f"test_devices[{n}dev]", t * scale, workload="train_step", framework="jax",
+                        impl="jax-shard_map", devices=n, rays=1024, label=f"train_step {n} device(s)",
+                        platform="cpu", **common))
     return {"benchmarks": b, "machine_info": {}, "commit_info": {}, "version": "5.3.1"}
 
 
@@ -214,6 +218,9 @@ def test_build_report_writes_every_file(tmp_path):
     # generated summary sentences
     assert "`rays` is fastest" in md and "best mean test PSNR is `JAX threshold`" in md
     assert "torch reference reached 22.00 dB" in md
+    # device scaling: 0.6 s on one device, 0.9 s on four -> 1.50x slower
+    assert "Data parallel train step (1024 rays" in md and "4 devices 1.50× slower" in md
+    assert "Group devices" in md
     # figures: files for markdown, embedded in the HTML (no external references)
     figs = sorted(p.name for p in (run / "figures").glob("*.png"))
     for name in ("psnr_time.png", "quality_speed.png", "per_view.png", "bench_vmap.png", "bench_framework.png",

@@ -110,6 +110,17 @@ def framework_sentences(rows) -> list[str]:
     return out
 
 
+def device_sentences(rows) -> list[str]:
+    dv = sorted(_group(rows, "devices"), key=lambda r: int(r.get("devices") or 0))
+    one = next((r for r in dv if int(r.get("devices") or 0) == 1), None)
+    if one is None or len(dv) < 2:
+        return []
+    parts = [f"{r.get('devices')} devices {_times(float(r['median_s']), float(one['median_s']))}" for r in dv if r is not one]
+    kind = "host devices sharing the same CPU cores" if str(one.get("platform")) == "cpu" else "devices"
+    return [f"Data parallel train step ({one.get('rays')} rays, `jax.shard_map`, {kind}): against 1 device, "
+            + ", ".join(parts) + "."]
+
+
 def compile_sentences(rows, quality: Sequence[dict]) -> list[str]:
     out = []
     cp = [r for r in rows if r.get("group") == "compile" and _ok(r.get("compile_s"))]
@@ -193,6 +204,7 @@ def what_this_shows(bench_rows, quality_rows, problems, machine, load_end) -> li
     out += vmap_sentences(bench_rows)
     out += appearance_sentences(bench_rows, quality_rows)
     out += precision_sentences(bench_rows)
+    out += device_sentences(bench_rows)
     out += compile_sentences(bench_rows, quality_rows)
     out += memory_sentences(bench_rows)
     out += failure_sentences(problems)
