@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -178,6 +178,20 @@ class CompiledJax:
     def memory(self) -> dict[str, int]:
         return memory_of(self.compiled)
 
+    def extra_info(self) -> dict:
+        """What every benchmark of it records: lowering and compile seconds, its info, its memory."""
+        return {"lower_s": round(self.lower_s, 3), "compile_s": round(self.compile_s, 3), **self.info, **self.memory}
+
+
+def aot_compile(lower: Callable[[], Any], kind: str, size, args: tuple, info: dict) -> CompiledJax:
+    """``lower()`` then compile with the project's XLA options for ``kind`` (train / eval), each timed."""
+    t0 = time.perf_counter()
+    lowered = lower()
+    t1 = time.perf_counter()
+    compiled = lowered.compile(compiler_options=compiler_options(kind, size))
+    t2 = time.perf_counter()
+    return CompiledJax(compiled, args, t1 - t0, t2 - t1, info)
+
 
 def hyper(tc: TrainConfig) -> dict:
     import jax.numpy as jnp
@@ -223,15 +237,12 @@ def compile_train_step(cfg: ExperimentConfig, grid, batch: int, dtype: str = "fp
                    static_argnames=("cfg", "opts", "variant", "reg", "adam") + tuple(prec),
                    donate_argnums=() if fresh else (0, 1))
     reg = training.RegFlags(l1=True)
-    t0 = time.perf_counter()
-    lowered = step.lower(*args, cfg=cfg.field, opts=opts, variant=cfg.render.vmap_variant, reg=reg, adam=adam,
-                         **prec)
-    t1 = time.perf_counter()
-    compiled = lowered.compile(compiler_options=compiler_options("train", size))
-    t2 = time.perf_counter()
     info = {"samples_per_ray": n, "grid": "x".join(map(str, m.grid_size)), "grid_size": list(m.grid_size),
             "app_capacity": app_cap}
-    return CompiledJax(compiled, args, t1 - t0, t2 - t1, info)
+    return aot_compile(
+        lambda: step.lower(*args, cfg=cfg.field, opts=opts, variant=cfg.render.vmap_variant, reg=reg, adam=adam, **prec),
+        "train", size, args, info,
+    )
 
 
 def compile_sharded_train_step(cfg: ExperimentConfig, grid, batch: int, n_devices: int, size=None):
@@ -266,14 +277,9 @@ def compile_sharded_train_step(cfg: ExperimentConfig, grid, batch: int, n_device
     )
     step = training.make_sharded_step(mesh, cfg=cfg.field, opts=opts, variant=cfg.render.vmap_variant,
                                       reg=training.RegFlags(l1=True), adam=adam)
-    t0 = time.perf_counter()
-    lowered = step.lower(*args)
-    t1 = time.perf_counter()
-    compiled = lowered.compile(compiler_options=compiler_options("train", size))
-    t2 = time.perf_counter()
     info = {"samples_per_ray": n, "grid": "x".join(map(str, m.grid_size)), "grid_size": list(m.grid_size),
             "devices": n_devices}
-    return CompiledJax(compiled, args, t1 - t0, t2 - t1, info)
+    return aot_compile(lambda: step.lower(*args), "train", size, args, info)
 
 
 def compile_render(cfg: ExperimentConfig, grid, n_rays: int, dtype: str = "fp32", params=None, fresh=False, size=None):
@@ -291,13 +297,11 @@ def compile_render(cfg: ExperimentConfig, grid, n_rays: int, dtype: str = "fp32"
     prec = precision_kwargs(dtype)
     fn = jax.jit(functools.partial(jm.render.__wrapped__), static_argnames=("cfg", "opts", "variant") + tuple(prec))
     extra = (None, jax.random.PRNGKey(7) if cfg.render.appearance == "sample" else None)  # jitter, key
-    t0 = time.perf_counter()
-    lowered = fn.lower(*args, *extra, cfg=cfg.field, opts=opts, variant=cfg.render.vmap_variant, **prec)
-    t1 = time.perf_counter()
-    compiled = lowered.compile(compiler_options=compiler_options("eval", size))
-    t2 = time.perf_counter()
     info = {"samples_per_ray": n, "grid": "x".join(map(str, m.grid_size)), "grid_size": list(m.grid_size)}
-    return CompiledJax(compiled, args + extra, t1 - t0, t2 - t1, info)
+    return aot_compile(
+        lambda: fn.lower(*args, *extra, cfg=cfg.field, opts=opts, variant=cfg.render.vmap_variant, **prec),
+        "eval", size, args + extra, info,
+    )
 
 
 def compile_field(cfg: ExperimentConfig, grid, n_points: int, dtype: str = "fp32", params=None, size=None):
@@ -317,12 +321,8 @@ def compile_field(cfg: ExperimentConfig, grid, n_points: int, dtype: str = "fp32
 
     xyz, dirs = make_points(n_points)
     args = jax.device_put((m.params, m.state.aabb, jnp.asarray(xyz), jnp.asarray(dirs)))
-    t0 = time.perf_counter()
-    lowered = jax.jit(fn).lower(*args)  # fn is a new closure: a real compilation
-    t1 = time.perf_counter()
-    compiled = lowered.compile(compiler_options=compiler_options("eval", size))
-    t2 = time.perf_counter()
-    return CompiledJax(compiled, args, t1 - t0, t2 - t1, {"grid": "x".join(map(str, m.grid_size))})
+    # fn is a new closure: a real compilation
+    return aot_compile(lambda: jax.jit(fn).lower(*args), "eval", size, args, {"grid": "x".join(map(str, m.grid_size))})
 
 
 def block(x):

@@ -44,10 +44,7 @@ def test_train_step(benchmark, record, size, jax_info, jax_cache, strategy, k):
         dtype="fp32",
         label=bench_sizes.case_label(strategy, k),
         rays=size.rays,
-        lower_s=round(c.lower_s, 3),
-        compile_s=round(c.compile_s, 3),
-        **c.info,
-        **c.memory,
+        **c.extra_info(),
     )
     m = jax.device_get(metrics)
     assert np.isfinite(float(m["total"])) and bool(m["finite"]), f"non-finite step: {m['total']}"
@@ -70,10 +67,7 @@ def test_render(benchmark, record, size, jax_info, jax_cache, strategy, k):
         dtype="fp32",
         label=bench_sizes.case_label(strategy, k),
         rays=size.render_rays,
-        lower_s=round(c.lower_s, 3),
-        compile_s=round(c.compile_s, 3),
-        **c.info,
-        **c.memory,
+        **c.extra_info(),
     )
     rgb = np.asarray(jax.device_get(out["rgb"]))
     assert rgb.shape == (size.render_rays, 3)

@@ -47,8 +47,5 @@ def test_devices(benchmark, record, size, jax_info, n_devices):
         k=k,
         label=f"train_step {n_devices} device(s)",
         rays=size.rays,
-        lower_s=round(c.lower_s, 3),
-        compile_s=round(c.compile_s, 3),
-        **c.info,
-        **c.memory,
+        **c.extra_info(),
     )

@@ -221,8 +221,7 @@ def test_framework(benchmark, record, size, jax_info, torch_info, twins, workloa
         values = _jax_values(c, workload, jax.device_get(first) if first is not None else None)
         twins.results[("jax", workload)] = values
         W.run_timed(benchmark, fn, size)
-        info = dict(jax_info, framework="jax", lower_s=round(c.lower_s, 3), compile_s=round(c.compile_s, 3),
-                    **c.info, **c.memory)
+        info = dict(jax_info, framework="jax", **c.extra_info())
         ref_key = ("torch", workload)
     else:
         try:

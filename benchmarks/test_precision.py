@@ -95,9 +95,6 @@ def test_precision(benchmark, record, size, jax_info, jax_cache, workload, dtype
         label=f"{workload} {dtype}",
         rays=rays,
         points=size.points if workload == "field" else None,
-        lower_s=round(c.lower_s, 3),
-        compile_s=round(c.compile_s, 3),
         max_abs_vs_fp32=max(errors.values()),
-        **c.info,
-        **c.memory,
+        **c.extra_info(),
     )

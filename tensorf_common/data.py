@@ -677,7 +677,7 @@ class BatchSampler:
             if idx[0] < 0:
                 raise ValueError("BatchSampler: indices must be non-negative")
             self.universe = int(idx[-1]) + 1
-            self._pool = None if idx.size == self.universe else idx.astype(self._index_dtype())
+            self._pool = None if idx.size == self.universe else idx.astype(self._index_dtype(self.universe))
         self.epoch = 0
         self.pos = 0
         self._perm: Optional[np.ndarray] = None
@@ -697,16 +697,17 @@ class BatchSampler:
         pos = np.asarray(positions, dtype=np.int64)
         return pos.copy() if self._pool is None else self._pool[pos].astype(np.int64)
 
-    def _index_dtype(self):
+    @staticmethod
+    def _index_dtype(universe: int):
         """int32 while every index fits (16M rays of a 400x400 x 100-view split: 64 MB less for the
         pool and again for the epoch permutation); batches are int64 either way."""
-        return np.int32 if self.universe < 2**31 else np.int64
+        return np.int32 if universe < 2**31 else np.int64
 
     def _permutation(self) -> np.ndarray:
         if self._perm_epoch != self.epoch:
             rng = np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFFFFFF, self.seed >> 32, self.epoch]))
             perm = rng.permutation(self.pool_size)
-            self._perm = perm.astype(self._index_dtype()) if self._pool is None else self._pool[perm]
+            self._perm = perm.astype(self._index_dtype(self.universe)) if self._pool is None else self._pool[perm]
             self._perm_epoch = self.epoch
         assert self._perm is not None
         return self._perm
@@ -756,7 +757,7 @@ class BatchSampler:
                 current = np.zeros(self.universe, dtype=bool)
                 current[self._pool] = True
                 keep &= current
-        new_pool = np.flatnonzero(keep).astype(self._index_dtype())
+        new_pool = np.flatnonzero(keep).astype(self._index_dtype(self.universe))
         if new_pool.size == 0:
             raise ValueError("restrict: no indices would be left to sample from")
         self._pool = None if new_pool.size == self.universe else new_pool
@@ -804,7 +805,7 @@ class BatchSampler:
             pool = None
         else:
             mask = np.unpackbits(np.asarray(bits, dtype=np.uint8), count=universe).astype(bool)
-            pool = np.flatnonzero(mask).astype(np.int32 if universe < 2**31 else np.int64)
+            pool = np.flatnonzero(mask).astype(self._index_dtype(universe))
             if pool.size == universe:
                 pool = None
         size = universe if pool is None else pool.size

@@ -111,18 +111,19 @@ class ReportPreset:
         return self.bench_estimate_s + self.quality_seconds() + (self.parity_estimate_s if self.parity else 0.0) + 15.0
 
 
-CPU_RUNS = (
-    QualitySpec("jax-topk", "jax", "topk", 16),  # the cpu training preset's k
-    QualitySpec("jax-threshold", "jax", "threshold"),
-    QualitySpec("jax-all", "jax", "all"),
-    QualitySpec("torch", "torch"),
-)
+def _compared_runs(k: int) -> tuple[QualitySpec, ...]:
+    """JAX with topk (this k), threshold and all appearance, and the torch reference."""
+    return (
+        QualitySpec("jax-topk", "jax", "topk", k),
+        QualitySpec("jax-threshold", "jax", "threshold"),
+        QualitySpec("jax-all", "jax", "all"),
+        QualitySpec("torch", "torch"),
+    )
 
-GPU_RUNS = (
-    QualitySpec("jax-topk", "jax", "topk", 32),
-    QualitySpec("jax-threshold", "jax", "threshold"),
-    QualitySpec("jax-all", "jax", "all"),
-    QualitySpec("torch", "torch"),
+
+CPU_RUNS = _compared_runs(16)  # the cpu training preset's k
+
+GPU_RUNS = _compared_runs(32) + (
     QualitySpec("jax-topk-bf16", "jax", "topk", 32, precision="bf16"),
     QualitySpec("jax-topk-fp16", "jax", "topk", 32, precision="fp16"),
 )
