@@ -29,6 +29,12 @@ def _torch_linear_init(fan_in: int):
     return init
 
 
+def dot_precision(dtype) -> jax.lax.Precision:
+    """Matmul precision of a compute dtype: full float32 for float32 (``HIGHEST``; GPUs would
+    otherwise use TF32, which torch does not by default), the default for bf16 / fp16 inputs."""
+    return jax.lax.Precision.HIGHEST if dtype in (None, jnp.float32) else jax.lax.Precision.DEFAULT
+
+
 def _to(dtype, *xs):
     """Cast the decoder inputs to its compute dtype (mixed precision), or keep them."""
     return xs if dtype is None else tuple(x.astype(dtype) for x in xs)
@@ -48,6 +54,7 @@ class _MLP(nn.Module):
             name=name,
             dtype=self.dtype,
             param_dtype=jnp.float32,
+            precision=dot_precision(self.dtype),
             kernel_init=_torch_linear_init(fan_in),
             bias_init=bias_init or _torch_linear_init(fan_in),
         )

@@ -23,7 +23,7 @@ from tensorf_common.geometry import step_size_and_n_samples
 
 from . import alpha_mask as am
 from . import fields
-from .appearance import apply_render, init_render_params
+from .appearance import apply_render, dot_precision, init_render_params
 from .precision import FP32, Policy
 from .rendering import RenderOptions, bucket_capacity, render_rays
 from .sampling import normalize_coord
@@ -89,7 +89,7 @@ def app_features_at(params, cfg: FieldConfig, aabb, xyz_world, variant: str = "f
         feat = fields.vm_features(grid["planes"], grid["lines"], xyz_n, variant, fd)
     else:
         feat = fields.cp_features(grid["lines"], xyz_n, variant, fd)
-    return feat @ params["basis_mat"]["kernel"].astype(fd)
+    return jnp.matmul(feat, params["basis_mat"]["kernel"].astype(fd), precision=dot_precision(fd))
 
 
 def rgb_at(params, cfg: FieldConfig, aabb, xyz_world, viewdirs, variant: str = "flat", policy: Policy = FP32):

@@ -51,7 +51,7 @@ def ortho_loss(lines) -> jax.Array:
         C = v.shape[0]
         if C < 2:
             continue
-        dotp = v @ v.T
+        dotp = jnp.matmul(v, v.T, precision=jax.lax.Precision.HIGHEST)
         off = dotp.reshape(-1)[1:].reshape(C - 1, C + 1)[:, :-1]
         total = total + jnp.mean(jnp.abs(off))
     return total

@@ -171,8 +171,9 @@ def child_env(extra: Optional[dict] = None) -> dict:
 def run_child(cmd: Sequence[str], log_path: Path, *, env: dict, timeout_s: float,
               on_line: Optional[Callable[[str], None]] = None, cwd: Path = REPO_ROOT) -> tuple[int, list[str]]:
     """Run ``cmd``, copying its output to ``log_path`` and to ``on_line``. Returns (exit code, last
-    output lines). A timeout kills the child's whole process group (exit code 124). Ctrl-C kills it
-    and is re-raised."""
+    output lines). A timeout interrupts the child's whole process group (SIGINT), kills it if it has
+    not ended :data:`INTERRUPT_GRACE_S` later, and returns exit code 124. Ctrl-C kills it and is
+    re-raised."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     tail: list[str] = []
     with open(log_path, "w", encoding="utf-8") as log:
@@ -201,7 +202,7 @@ def run_child(cmd: Sequence[str], log_path: Path, *, env: dict, timeout_s: float
         try:
             rc = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            _kill(proc)
+            _interrupt_then_kill(proc)
             rc = 124
             tail.append(f"killed after the stage's {timeout_s:.0f} s time limit")
         except KeyboardInterrupt:
@@ -209,6 +210,21 @@ def run_child(cmd: Sequence[str], log_path: Path, *, env: dict, timeout_s: float
             raise
         reader.join(timeout=10)
     return rc, tail
+
+
+INTERRUPT_GRACE_S = 30.0
+"""Seconds a timed-out child gets after SIGINT to finish (pytest then ends its session, so
+pytest-benchmark still writes the JSON of the benchmarks that ran) before it is killed."""
+
+
+def _interrupt_then_kill(proc: subprocess.Popen, grace_s: Optional[float] = None) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=INTERRUPT_GRACE_S if grace_s is None else grace_s)
+    except (ProcessLookupError, PermissionError):
+        pass
+    except subprocess.TimeoutExpired:
+        _kill(proc)
 
 
 def _kill(proc: subprocess.Popen) -> None:
@@ -227,6 +243,8 @@ def _error_line(rc: int, tail: list[str]) -> str:
     """The most telling line of a failed child's output."""
     if rc < 0 or rc in (137, -9):
         return f"killed by signal {-rc if rc < 0 else 9} (out of memory?)"
+    if rc == 124 and tail and "time limit" in tail[-1]:
+        return one_line(tail[-1])
     pat = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit|Interrupt)\b|^error: |^E +\w+Error")
     for line in reversed(tail):
         if pat.search(line.strip()):
@@ -311,8 +329,20 @@ def stage_data(ctx: Context):
     }
 
 
+BENCH_ORDER = ("precision", "framework", "appearance_strategies", "vmap", "compile", "devices", "memory")
+"""Benchmark files (``benchmarks/test_<name>.py``) in the order they run: the groups that answer the
+suite's questions first, so that a stage stopped at its time limit keeps those (the JSON is written
+on interrupt). Files not listed run last."""
+
+
+def bench_targets(root: Path = REPO_ROOT) -> list[str]:
+    files = sorted(p.name for p in (root / "benchmarks").glob("test_*.py"))
+    rank = {f"test_{name}.py": i for i, name in enumerate(BENCH_ORDER)}
+    return [f"benchmarks/{f}" for f in sorted(files, key=lambda f: (rank.get(f, len(rank)), f))]
+
+
 def bench_command(json_path: Path, extra_args: Sequence[str] = ()) -> list[str]:
-    return [sys.executable, "-m", "pytest", "benchmarks", "-v", "-p", "no:cacheprovider", "--color=no",
+    return [sys.executable, "-m", "pytest", *bench_targets(), "-v", "-p", "no:cacheprovider", "--color=no",
             f"--benchmark-json={json_path}", "--benchmark-sort=name", "--benchmark-columns=min,median,max,rounds",
             *extra_args]
 

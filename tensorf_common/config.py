@@ -391,9 +391,29 @@ def _cpu() -> ExperimentConfig:
     )
 
 
+def _gpu() -> ExperimentConfig:
+    """Sized for one H100/H200 and a wall-clock budget: the cpu preset's data-derived box, initial
+    mask and budget-fraction schedule, at the official batch (4096) and grid sizes (128^3 -> 300^3)
+    with top-32 appearance. Not tuned on a GPU yet: a starting point, recorded as such in reports."""
+    return ExperimentConfig(
+        render=RenderConfig(appearance="topk", topk=32, sample_capacity=0.05),
+        train=TrainConfig(
+            batch_size=4096,
+            n_iters=1_000_000,
+            schedule_unit="fraction",
+            upsample_at=(0.1, 0.2, 0.35),
+            alpha_mask_at=(0.1, 0.35),
+            box="carve",
+            carve_as_mask=True,
+        ),
+        data=DataConfig(test_stride=20),
+    )
+
+
 PRESETS = {
     "official": _official,
     "cpu": _cpu,
+    "gpu": _gpu,
     "smoke": _smoke,
 }
 """Training presets by name. Each is a function so that every call returns a fresh frozen config."""

@@ -256,3 +256,14 @@ def test_collect_orders_quality_runs_as_the_preset(tmp_path):
     run = make_fake_run(tmp_path / "r")
     res = collect(run)
     assert [q["name"] for q in res["quality"]] == [s[0] for s in SPECS]
+
+
+def test_quality_table_shows_gpu_peak_only_when_a_run_has_one():
+    from tensorf_common.report.tables import quality_table
+
+    cpu = [{"label": "JAX topk-16", "framework": "jax", "rays_per_s": 9000.0, "peak_rss_bytes": 2 << 30}]
+    assert "device_peak_bytes" not in [c.key for c in quality_table(cpu).columns]
+    gpu = cpu + [{"label": "torch reference", "framework": "torch", "rays_per_s": 3000.0, "device_peak_bytes": 5 << 30}]
+    table = quality_table(gpu)
+    assert "device_peak_bytes" in [c.key for c in table.columns]
+    assert list(table.numbers["vs_torch"])[0] == 3.0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 import pytest
 
@@ -135,6 +136,21 @@ def test_run_child_logs_output_times_out_and_names_the_error(tmp_path):
     assert rr._error_line(-9, []).startswith("killed by signal 9")
 
 
+def test_timed_out_child_is_interrupted_first_then_killed(tmp_path, monkeypatch):
+    """A timeout sends SIGINT first, so a child can save what it has (pytest-benchmark writes its JSON
+    on KeyboardInterrupt); one that ignores SIGINT is killed after the grace period."""
+    saved = tmp_path / "saved.txt"
+    code = ("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+            f"    open({str(saved)!r}, 'w').write('partial')\n")
+    rc, _ = rr.run_child([sys.executable, "-c", code], tmp_path / "a.log", env=rr.child_env(), timeout_s=2)
+    assert rc == 124 and saved.read_text() == "partial"
+    monkeypatch.setattr(rr, "INTERRUPT_GRACE_S", 1.0)
+    stubborn = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)\n"
+    t0 = time.monotonic()
+    rc, _ = rr.run_child([sys.executable, "-c", stubborn], tmp_path / "b.log", env=rr.child_env(), timeout_s=1)
+    assert rc == 124 and time.monotonic() - t0 < 30
+
+
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_quality_child_trains_evaluates_and_prunes(tmp_path, small_scene, framework):
     """One real quality run on the small scene: run.json written (steps, history, evaluation), renders
@@ -208,3 +224,12 @@ def test_run_benchmarks_records_json_outcomes_and_progress(tmp_path):
     outcomes = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert {o["outcome"] for o in outcomes} <= {"passed", "skipped"}
     assert seen and seen[-1][0] == 1.0
+
+
+def test_bench_targets_list_every_benchmark_file_most_informative_first():
+    from pathlib import Path
+
+    targets = rr.bench_targets()
+    on_disk = sorted(f"benchmarks/{p.name}" for p in (Path(rr.REPO_ROOT) / "benchmarks").glob("test_*.py"))
+    assert sorted(targets) == on_disk and len(set(targets)) == len(targets)
+    assert targets[0] == "benchmarks/test_precision.py" and targets[1] == "benchmarks/test_framework.py"

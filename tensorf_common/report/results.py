@@ -131,6 +131,7 @@ def quality_row(rec: StageRecord, run: Optional[dict]) -> dict:
         n_compiles=len(compiles),
         compile_seconds=sum(_num(c.get("seconds")) or 0.0 for c in compiles),
         peak_rss_bytes=_num(run.get("peak_rss_bytes")),
+        device_peak_bytes=_num(run.get("device_peak_bytes", run.get("cuda_peak_bytes"))),
         grid_size="x".join(str(g) for g in run.get("grid_size") or []) or None,
         psnr=_mean_metric(run, "psnr"),
         ssim=_mean_metric(run, "ssim"),

@@ -372,7 +372,9 @@ def quality_table(rows: list[dict]) -> Table:
          Column("steps", "steps", fmt_int, "max"), Column("rays_per_s", "train rays/s", fmt_rate, "max"),
          Column("vs_torch", "speed-up vs torch", fmt_ratio, "max"), Column("train_seconds", "trained", fmt_seconds),
          Column("compiles", "compile (count)"), Column("grid_size", "final grid"),
-         Column("peak_rss_bytes", "peak RSS", fmt_bytes, "min")],
+         Column("peak_rss_bytes", "peak RSS", fmt_bytes, "min")]
+        + ([Column("device_peak_bytes", "GPU peak", fmt_bytes, "min")]
+           if any(_finite(r.get("device_peak_bytes")) for r in rows) else []),
         note="Every run: same data, batches, seed and budget; only the appearance strategy (or the framework) "
         "differs. Train rays/s excludes compilation and set-up; the budget includes them (JAX compiles "
         "count against it). Evaluation uses the official threshold renderer for every run.",
