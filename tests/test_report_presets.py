@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from tensorf_common.config import ConfigError, ExperimentConfig
+from tensorf_common.config import ConfigError, ExperimentConfig, preset as training_preset
 from tensorf_common.report.presets import REPORT_PRESETS, preset_to_json, report_preset
 
 
@@ -43,6 +43,23 @@ def test_quick_preset_fits_its_time_and_keeps_the_learning_rate():
     # a constant learning rate: the decay span (n_iters) is far longer than a minute of steps
     assert cfg.train.schedule_unit == "iter" and cfg.train.n_iters >= 10_000 and cfg.train.upsample_at == ()
     assert p.parity_k and p.bench_size == "quick"
+
+
+@pytest.mark.parametrize("name", sorted(set(REPORT_PRESETS) - {"smoke"}))  # smoke: runner tests, not quality
+def test_density_l1_per_component_is_at_most_the_official(name):
+    """``density_l1`` is a mean per plane and line, so its pull on one entry is weight / components,
+    while the colour loss's pull does not depend on the count: a field with fewer density components
+    needs a proportionally smaller weight. The quick preset once kept the official 8e-5 on 4
+    components (4x the official pull): Adam drove the density planes and lines to zero in the first
+    ~20 steps, where the VM product has no data gradient, and its 'all' run never learned (7.5 dB)."""
+    official = training_preset("official")
+    per_comp = lambda cfg, w: w / sum(cfg.field.density_components)
+    p = report_preset(name)
+    for spec in p.quality:
+        cfg = p.experiment(spec)
+        for field in ("l1_weight_initial", "l1_weight_rest"):
+            got, ref = per_comp(cfg, getattr(cfg.train, field)), per_comp(official, getattr(official.train, field))
+            assert got <= ref * (1 + 1e-9), (spec.name, field, got, ref)
 
 
 def test_unknown_preset_and_json():
