@@ -6,7 +6,8 @@ shrinks the box and switches the L1 weight, the second filters the training rays
 upsampling with the learning rate reset and Adam re-created (or, optionally, its moments resized like
 the seed). Events at iteration i happen after the optimizer step of iteration i, masks before
 upsampling. With ``schedule_unit="fraction"`` the event times are fractions of the budget (of
-``--minutes`` when given), so one preset fits any machine.
+``--minutes`` when given; of the part left after set-up and the first compilation), so one preset
+fits any machine.
 
 The train step is compiled ahead of time once per static configuration (grid size, samples per ray,
 capacities); :attr:`Trainer.compiles` records each compilation and its time. The loop syncs with the
@@ -258,6 +259,9 @@ class ScheduleState:
     mask_done: int = 0
     lr_reset_at: float = 0.0
     """Schedule position (iterations or seconds) from which the learning rates decay again."""
+    train_start: float = 0.0
+    """Budget clock (seconds) when the first step started, i.e. after set-up and the first
+    compilation: in time-fraction mode the schedule spans the rest of the budget from there."""
     l1_weight: float = 0.0
     sample_capacity: Optional[int] = None
     app_capacity: Optional[int] = None
@@ -520,15 +524,25 @@ class Trainer:
         return self.tc.schedule_unit == "fraction" and self.tc.minutes is not None
 
     def _position(self) -> float:
-        """Where the run is on the schedule axis: seconds (time-fraction mode) or iterations."""
-        return self.sched.elapsed if self._uses_time() else float(self.sched.step)
+        """Where the run is on the schedule axis: seconds of training since the first step
+        (time-fraction mode) or iterations."""
+        if self._uses_time():
+            return self.sched.elapsed - self.sched.train_start
+        return float(self.sched.step)
+
+    def _schedule_seconds(self) -> float:
+        """Time-fraction mode: the seconds the schedule's fractions refer to, the budget left after
+        set-up and the first compilation. Anchoring there keeps the schedule's shape whatever those
+        cost on a machine (else, where they take most of a short budget, every upsample and mask
+        update falls due at the first step, before the field has learnt anything)."""
+        return max(self._budget_seconds() - self.sched.train_start, 1e-3)
 
     def _unit(self) -> float:
         return 0.0 if self._uses_time() else 1.0
 
     def _decay_span(self) -> float:
         if self._uses_time():
-            return self._budget_seconds()
+            return self._schedule_seconds()
         return float(self.tc.lr_decay_iters if self.tc.lr_decay_iters > 0 else self.tc.n_iters)
 
     def _event_time(self, point: float) -> float:
@@ -536,7 +550,7 @@ class Trainer:
         if self.tc.schedule_unit == "iter":
             return point
         if self._uses_time():
-            return point * self._budget_seconds()
+            return point * self._schedule_seconds()
         return point * self.tc.n_iters
 
     def _due(self, points, done: int, finished_step: int) -> bool:
@@ -544,7 +558,7 @@ class Trainer:
             return False
         at = self._event_time(points[done])
         if self._uses_time():
-            return self.sched.elapsed >= at
+            return self._position() >= at
         return finished_step >= int(round(at))
 
     # ------------------------------------------------------------------ events
@@ -629,6 +643,8 @@ class Trainer:
             s.elapsed += self.setup_seconds
         compiled = self._step_fn()
         s.elapsed += time.perf_counter() - clock
+        if s.step == 0:
+            s.train_start = s.elapsed
         clock = time.perf_counter()
         while not self._done() and (max_steps is None or s.step - start_step < max_steps):
             idx = self.sampler.next()

@@ -169,8 +169,8 @@ class TrainConfig:
     """Wall-clock training budget in minutes (set-up and compilation count, the final evaluation does not);
     None = n_iters."""
     schedule_unit: ScheduleUnit = "iter"
-    """How upsample_at / alpha_mask_at are read: iteration numbers, or fractions of the budget
-    (of --minutes when given, else of n_iters)."""
+    """How upsample_at / alpha_mask_at are read: iteration numbers, or fractions of the budget (with
+    --minutes: of the seconds left after set-up and the first compilation; else of n_iters)."""
     upsample_at: tuple[float, ...] = (2000, 3000, 4000, 5500, 7000)
     """When the grid is upsampled (see schedule_unit)."""
     alpha_mask_at: tuple[float, ...] = (2000, 4000)

@@ -251,3 +251,52 @@ def test_non_finite_loss_raises_and_keeps_the_last_good_checkpoint(reference_run
     assert params and all(np.all(np.isfinite(v)) for v in params.values())
     assert max(float(np.abs(v).max()) for v in params.values()) > 1e20  # the (finite) blown-up step was kept
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(trainer.model.params))
+
+
+# ------------------------------------------------------------------ time-fraction schedule
+
+
+class _FakeClock:
+    """``time`` stand-in whose perf_counter advances ``tick`` seconds per call."""
+
+    def __init__(self, tick: float):
+        self.t, self.tick = 1000.0, tick
+
+    def perf_counter(self) -> float:
+        self.t += self.tick
+        return self.t
+
+
+def _time_cfg(**kw) -> ExperimentConfig:
+    base = dict(minutes=1.0, n_iters=10_000, schedule_unit="fraction", alpha_mask_at=(0.5,), upsample_at=(0.55,),
+                lr_decay_iters=-1)
+    return replace_train(_run_cfg(), **{**base, **kw})
+
+
+def test_time_fractions_count_from_the_first_step(small_dataset):
+    """Set-up and the first compilation that take most of a short budget do not make every event fall
+    due at the first step: the fractions are of the budget left when the first step starts."""
+    trainer = Trainer(_time_cfg(), small_dataset, log=lambda s: None)
+    trainer.setup_seconds = 40.0  # as if loading and carving had taken 40 of the 60 s
+    points = []
+    trainer.run(max_steps=3, on_log=points.append)
+    assert trainer.sched.train_start >= 40.0
+    assert not [e for e in trainer.events if e["event"] in ("alpha_mask", "upsample")]
+    # the rates decay from the first step on, over the 20 s left: three steps cost a fraction of that
+    assert all(p.lr_grid > 0.8 * trainer.tc.lr_init for p in points)
+
+
+def test_time_fraction_events_happen_at_their_share_of_the_remaining_budget(small_dataset, monkeypatch):
+    import jax_tensorf.training as training
+
+    trainer = Trainer(_time_cfg(), small_dataset, log=lambda s: None)
+    trainer.setup_seconds = 30.0
+    monkeypatch.setattr(training, "time", _FakeClock(tick=0.5))
+    trainer.run()
+    t0 = trainer.sched.train_start
+    assert t0 >= 30.0 and trainer.sched.elapsed >= 60.0
+    events = [e for e in trainer.events if e["event"] in ("alpha_mask", "upsample")]
+    assert [e["event"] for e in events] == ["alpha_mask", "upsample"]
+    for e, frac in zip(events, (0.5, 0.55)):
+        due = t0 + frac * (60.0 - t0)
+        assert due <= e["elapsed"] < due + 5.0, (e, due)

@@ -339,8 +339,9 @@ def train(
         wall_clock: honour ``train_cfg.minutes`` as a wall-clock budget, as the JAX trainer does:
             training stops once the budget clock reaches it (``n_iters`` stays an upper bound), and
             with ``schedule_unit='fraction'`` the mask updates and upsamples happen when the clock
-            passes their fraction of the budget and the learning rates (and TV weights) decay with
-            time, ``lr = lr_0 * target_ratio ** ((t - t_reset) / budget)``. Without it a budget is
+            passes ``t0 + fraction * (budget - t0)``, ``t0`` being the clock when the first step
+            starts (after set-up), and the learning rates (and TV weights) decay with time,
+            ``lr = lr_0 * target_ratio ** ((t - t_reset) / (budget - t0))``. Without it a budget is
             refused (ConfigError).
         clock_start: ``time.perf_counter()`` value at which the budget clock started (default: this
             call), so that a caller's set-up (data loading, box carving) can count, as it does in JAX.
@@ -371,11 +372,12 @@ def train(
     factor = lr_factor(tc, span)
     upsample_iters = _event_iters(tc.upsample_at, tc)
     mask_iters = _event_iters(tc.alpha_mask_at, tc)
-    # time schedule (wall_clock with 'fraction'): event times and the decay are in seconds
-    factor_t = lr_factor(tc, budget) if time_schedule else 1.0
-    mask_times = [p * budget for p in tc.alpha_mask_at] if time_schedule else []
-    upsample_times = [p * budget for p in tc.upsample_at] if time_schedule else []
-    lr_reset_t = 0.0
+    # time schedule (wall_clock with 'fraction'): event times and the decay are in seconds, over
+    # the budget left when the first step starts (after set-up), as in the JAX trainer
+    factor_t = 1.0
+    mask_times: list[float] = []
+    upsample_times: list[float] = []
+    train_t0 = lr_reset_t = 0.0
     base_lrs = _initial_lrs(model, tc)
     voxel_list = tc.voxel_schedule()
     n_samples = train_n_samples(reso_cur, render_cfg.step_ratio, render_cfg.max_samples)
@@ -467,6 +469,12 @@ def train(
     for iteration in range(total_iters):
         if budget is not None and elapsed() >= budget:
             break
+        if time_schedule and iteration == 0:
+            train_t0 = lr_reset_t = elapsed()
+            span_t = max(budget - train_t0, 1e-3)
+            factor_t = lr_factor(tc, span_t)
+            mask_times = [train_t0 + p * span_t for p in tc.alpha_mask_at]
+            upsample_times = [train_t0 + p * span_t for p in tc.upsample_at]
         # --- batch
         if sampler is not None:
             o, d, rgb = data.batch(sampler.next())
@@ -488,8 +496,8 @@ def train(
             scale = factor_t ** (now - lr_reset_t)
             for g, lr0 in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = lr0 * scale
-            tv_density = tc.tv_weight_density * factor_t**now
-            tv_app = tc.tv_weight_app * factor_t**now
+            tv_density = tc.tv_weight_density * factor_t ** (now - train_t0)
+            tv_app = tc.tv_weight_app * factor_t ** (now - train_t0)
         else:
             if tv_density > 0:
                 tv_density *= factor
