@@ -463,6 +463,10 @@ class Trainer:
             lowered = fn.lower(*args, **static) if self.mesh is None else fn.lower(*args)
             compiled = lowered.compile(compiler_options=xla_options("train"))
             seconds = time.perf_counter() - t0
+            # grids only grow: executables of other grid sizes are not needed again (a resume
+            # recompiles); keeping them would only hold memory
+            for old in [k for k in self._compiled if k[0] != sig[0]]:
+                del self._compiled[old]
             self._compiled[sig] = compiled
             info = {"grid_size": list(m.grid_size), "n_samples": s.n_samples, "mask": list(m.state.mask.shape),
                     "sample_capacity": s.sample_capacity, "app_capacity": s.app_capacity,

@@ -90,7 +90,7 @@ class Report:
 
     preset: str = "quick"
     """Report preset: quick (built-in scene, about 10 min on 2 CPU cores), full (lego-sized, about an
-    hour), gpu (one H100/H200)."""
+    hour), gpu (one H100/H200, about 9 min)."""
     data: Optional[str] = None
     """Dataset folder (Blender format); default: the built-in procedural scene."""
     out: Optional[Path] = None

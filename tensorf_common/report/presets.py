@@ -12,8 +12,9 @@ reference trains with the official ``threshold`` appearance.
   configuration at a constant learning rate, benchmarks at the quick size, a subset of the parity
   suite. About 8-10 minutes on an otherwise idle 2-core CPU.
 - ``full``: lego-sized. 400x400 views (the shared ``nerf_synthetic_half/lego``), 10 test views, the
-  cpu training preset (carved box, 64^3 -> 160^3 with four upsamples and two mask updates) for
-  6 minutes per run, benchmarks at the full size. About an hour on a 2-core CPU.
+  cpu training preset (carved box, 64^3 -> 160^3 with three upsamples and two mask updates) for
+  5 minutes per run (top-16 also in bf16 and fp16), benchmarks at the full size. About 65 minutes
+  on a 2-core CPU.
 - ``gpu``: one H100/H200 within a lease of about 15 minutes: the ``gpu`` training preset for 36 s
   per run (top-32 in fp32, bf16 and fp16, threshold, the torch reference), benchmarks at the gpu
   size for at most 150 s (the most informative groups first), no parity stage (parity is a CPU
@@ -125,6 +126,13 @@ def _compared_runs(k: int) -> tuple[QualitySpec, ...]:
 
 CPU_RUNS = _compared_runs(16)  # the cpu training preset's k
 
+FULL_RUNS = CPU_RUNS + (
+    QualitySpec("jax-topk-bf16", "jax", "topk", 16, precision="bf16"),
+    QualitySpec("jax-topk-fp16", "jax", "topk", 16, precision="fp16"),
+)
+"""The full preset also trains top-16 in bf16 and fp16: what half precision costs in quality at the
+same budget on this kind of machine (where it is slower per step), next to the precision benchmarks."""
+
 GPU_RUNS = (
     QualitySpec("jax-topk", "jax", "topk", 32),
     QualitySpec("torch", "torch"),
@@ -175,11 +183,12 @@ def _full() -> ReportPreset:
     return ReportPreset(
         name="full",
         description="lego-sized: 400x400 views, 10 test views, the cpu training preset (carved box, "
-        "64^3 -> 160^3) for 5 min per quality run, full benchmarks (about 50 minutes on 2 CPU cores)",
+        "64^3 -> 160^3) for 5 min per quality run (top-16 also in bf16 and fp16), full benchmarks "
+        "(about 65 minutes on 2 CPU cores)",
         bench_size="full",
         training_preset="cpu",
         minutes=5.0,
-        quality=CPU_RUNS,
+        quality=FULL_RUNS,
         train=(("log_every", 50),),
         data=(("test_stride", 20), ("max_test_views", 10)),
         figure_views=3,
