@@ -392,21 +392,17 @@ def _cpu() -> ExperimentConfig:
 
 
 def _gpu() -> ExperimentConfig:
-    """Sized for one H100/H200 and a wall-clock budget: the cpu preset's data-derived box, initial
-    mask and budget-fraction schedule, at the official batch (4096) and grid sizes (128^3 -> 300^3)
+    """Sized for one H100/H200 and a wall-clock budget: the cpu preset (data-derived box, initial
+    mask, budget-fraction schedule) at the official batch (4096) and grid sizes (128^3 -> 300^3)
     with top-32 appearance. Not tuned on a GPU yet: a starting point, recorded as such in reports."""
-    return ExperimentConfig(
-        render=RenderConfig(appearance="topk", topk=32, sample_capacity=0.05),
-        train=TrainConfig(
-            batch_size=4096,
-            n_iters=1_000_000,
-            schedule_unit="fraction",
-            upsample_at=(0.1, 0.2, 0.35),
-            alpha_mask_at=(0.1, 0.35),
-            box="carve",
-            carve_as_mask=True,
+    official, cpu = TrainConfig(), _cpu()
+    return dataclasses.replace(
+        cpu,
+        render=dataclasses.replace(cpu.render, topk=32),
+        train=dataclasses.replace(
+            cpu.train, batch_size=official.batch_size, n_iters=1_000_000,
+            n_voxel_init=official.n_voxel_init, n_voxel_final=official.n_voxel_final,
         ),
-        data=DataConfig(test_stride=20),
     )
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from jax_helpers import SMALL_CP_RGB, experiment, host_copy, replace_train, trees_bit_identical
+from clock_helpers import FakeClock
 from jax_tensorf.checkpoint import load_trainer, read_npz
 from jax_tensorf.training import RegFlags, Trainer, group_labels, learning_rates, lr_factor, make_adam, train_step
 from tensorf_common.config import ExperimentConfig, RenderConfig, TrainConfig
@@ -256,17 +257,6 @@ def test_non_finite_loss_raises_and_keeps_the_last_good_checkpoint(reference_run
 # ------------------------------------------------------------------ time-fraction schedule
 
 
-class _FakeClock:
-    """``time`` stand-in whose perf_counter advances ``tick`` seconds per call."""
-
-    def __init__(self, tick: float):
-        self.t, self.tick = 1000.0, tick
-
-    def perf_counter(self) -> float:
-        self.t += self.tick
-        return self.t
-
-
 def _time_cfg(**kw) -> ExperimentConfig:
     base = dict(minutes=1.0, n_iters=10_000, schedule_unit="fraction", alpha_mask_at=(0.5,), upsample_at=(0.55,),
                 lr_decay_iters=-1)
@@ -291,7 +281,7 @@ def test_time_fraction_events_happen_at_their_share_of_the_remaining_budget(smal
 
     trainer = Trainer(_time_cfg(), small_dataset, log=lambda s: None)
     trainer.setup_seconds = 30.0
-    monkeypatch.setattr(training, "time", _FakeClock(tick=0.5))
+    monkeypatch.setattr(training, "time", FakeClock(tick=0.5))
     trainer.run()
     t0 = trainer.sched.train_start
     assert t0 >= 30.0 and trainer.sched.elapsed >= 60.0

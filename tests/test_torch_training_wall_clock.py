@@ -16,6 +16,7 @@ from tensorf_common.config import ConfigError, RenderConfig
 from torch_reference.training import ArrayRays, train
 
 from test_torch_training import AABB, FIELD, NEAR_FAR, _tc, sphere_rays
+from clock_helpers import FakeClock
 
 
 def _rays(n=2048):
@@ -52,23 +53,12 @@ def test_time_fractions_count_from_the_first_step():
     assert all(h["lr_grid"] > 0.8 * tc.lr_init for h in res.history)
 
 
-class _FakeClock:
-    """``time`` stand-in whose perf_counter advances ``tick`` seconds per call."""
-
-    def __init__(self, tick: float):
-        self.t, self.tick = 1000.0, tick
-
-    def perf_counter(self) -> float:
-        self.t += self.tick
-        return self.t
-
-
 def test_time_fraction_events_and_learning_rates_follow_the_clock(monkeypatch):
     import torch_reference.training as training
 
     tc = _tc(minutes=1.0, n_iters=100_000, schedule_unit="fraction", alpha_mask_at=(0.5,), upsample_at=(0.55, 0.99),
              n_voxel_init=8**3, n_voxel_final=12**3, lr_decay_target_ratio=0.1, log_every=1)
-    clock = _FakeClock(tick=0.25)
+    clock = FakeClock(tick=0.25)
     monkeypatch.setattr(training, "time", clock)
     start = clock.perf_counter() - 30.0  # set-up took 30 s: the schedule spans the 30 s left
     res = train(FIELD, RenderConfig(), tc, _rays(), aabb=AABB, near_far=NEAR_FAR, wall_clock=True, clock_start=start)
