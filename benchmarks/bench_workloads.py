@@ -109,11 +109,9 @@ def init_opt_state(adam, params, prec: dict):
 
 
 def jax_device_info() -> dict[str, str]:
-    import jax
+    from jax_tensorf.xla import device_info
 
-    dev = jax.devices()[0]
-    kind = getattr(dev, "device_kind", dev.platform)
-    return {"device": dev.platform if kind == dev.platform else f"{dev.platform}:{kind}", "platform": dev.platform}
+    return device_info()
 
 
 def jax_model(cfg: ExperimentConfig, grid, seed: int = 0, params: Optional[dict] = None):

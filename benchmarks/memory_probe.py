@@ -111,13 +111,9 @@ def main(argv) -> int:
 
         out["cuda_peak_bytes"] = int(torch.cuda.max_memory_allocated())
     if framework == "jax":
-        import jax
+        from jax_tensorf.xla import device_peak_bytes
 
-        dev = jax.devices()[0]
-        if dev.platform != "cpu":
-            stats = dev.memory_stats() or {}
-            if "peak_bytes_in_use" in stats:
-                out["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
+        out.update(device_peak_bytes())
     from tensorf_common.runtime import active_allocator
 
     out["allocator"] = active_allocator()

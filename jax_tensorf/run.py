@@ -43,6 +43,7 @@ def train_run(
     from .checkpoint import load_trainer, save_model
     from .evaluation import evaluate_split
     from .training import Trainer
+    from .xla import device_info, device_peak_bytes
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,25 +87,10 @@ def train_run(
         summary["eval"] = results.to_json_dict()
         summary["eval_render_seconds"] = round(render_s, 3)
     summary["peak_rss_bytes"] = peak_rss_bytes()
-    summary.update(_device_summary())
+    summary["device"] = device_info()["device"]
+    summary.update(device_peak_bytes())
     write_json(out_dir / "run.json", summary)
     return summary
-
-
-def _device_summary() -> dict:
-    """The device trained on and, on accelerators, its peak memory in use (``device_peak_bytes``,
-    from the runtime's allocator statistics; the CPU backend keeps none)."""
-    import jax
-
-    dev = jax.devices()[0]
-    out = {"device": dev.platform if dev.platform == "cpu" else f"{dev.platform}:{dev.device_kind}"}
-    try:
-        stats = dev.memory_stats() or {}
-    except Exception:  # backends without allocator statistics
-        stats = {}
-    if "peak_bytes_in_use" in stats:
-        out["device_peak_bytes"] = int(stats["peak_bytes_in_use"])
-    return out
 
 
 def _steady_rays_per_s(trainer) -> Optional[float]:

@@ -217,10 +217,10 @@ INTERRUPT_GRACE_S = 30.0
 pytest-benchmark still writes the JSON of the benchmarks that ran) before it is killed."""
 
 
-def _interrupt_then_kill(proc: subprocess.Popen, grace_s: Optional[float] = None) -> None:
+def _interrupt_then_kill(proc: subprocess.Popen) -> None:
     try:
         os.killpg(proc.pid, signal.SIGINT)
-        proc.wait(timeout=INTERRUPT_GRACE_S if grace_s is None else grace_s)
+        proc.wait(timeout=INTERRUPT_GRACE_S)
     except (ProcessLookupError, PermissionError):
         pass
     except subprocess.TimeoutExpired:

@@ -372,12 +372,6 @@ def train(
     factor = lr_factor(tc, span)
     upsample_iters = _event_iters(tc.upsample_at, tc)
     mask_iters = _event_iters(tc.alpha_mask_at, tc)
-    # time schedule (wall_clock with 'fraction'): event times and the decay are in seconds, over
-    # the budget left when the first step starts (after set-up), as in the JAX trainer
-    factor_t = 1.0
-    mask_times: list[float] = []
-    upsample_times: list[float] = []
-    train_t0 = lr_reset_t = 0.0
     base_lrs = _initial_lrs(model, tc)
     voxel_list = tc.voxel_schedule()
     n_samples = train_n_samples(reso_cur, render_cfg.step_ratio, render_cfg.max_samples)
@@ -466,15 +460,17 @@ def train(
             event["elapsed"] = round(elapsed(), 3)
         result.events.append(event)
 
+    # time schedule (wall_clock with 'fraction'): event times and the decay are in seconds, over
+    # the budget left when the first step starts (after set-up), as in the JAX trainer
+    train_t0 = lr_reset_t = elapsed()
+    span_t = max(budget - train_t0, 1e-3) if time_schedule else 1.0
+    factor_t = lr_factor(tc, span_t) if time_schedule else 1.0
+    mask_times = [train_t0 + p * span_t for p in tc.alpha_mask_at] if time_schedule else []
+    upsample_times = [train_t0 + p * span_t for p in tc.upsample_at] if time_schedule else []
+
     for iteration in range(total_iters):
         if budget is not None and elapsed() >= budget:
             break
-        if time_schedule and iteration == 0:
-            train_t0 = lr_reset_t = elapsed()
-            span_t = max(budget - train_t0, 1e-3)
-            factor_t = lr_factor(tc, span_t)
-            mask_times = [train_t0 + p * span_t for p in tc.alpha_mask_at]
-            upsample_times = [train_t0 + p * span_t for p in tc.upsample_at]
         # --- batch
         if sampler is not None:
             o, d, rgb = data.batch(sampler.next())
