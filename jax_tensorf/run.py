@@ -16,7 +16,7 @@ from typing import Callable, Optional
 
 from tensorf_common.atomic import write_json
 from tensorf_common.config import ExperimentConfig
-from tensorf_common.runtime import peak_rss_bytes, release_memory
+from tensorf_common.runtime import peak_rss_bytes
 
 
 def eval_views(split, cfg: ExperimentConfig) -> list[int]:
@@ -43,8 +43,9 @@ def train_run(
     from .checkpoint import load_trainer, save_model
     from .evaluation import evaluate_split
     from .training import Trainer
-    from .xla import device_info, device_peak_bytes
+    from .xla import cpu_dispatch, device_info, device_peak_bytes, prefer_synchronous_cpu_dispatch, release_host_memory
 
+    prefer_synchronous_cpu_dispatch()  # before anything creates the CPU client
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_load = time.perf_counter()
@@ -79,7 +80,8 @@ def train_run(
     }
     summary["peak_rss_train_bytes"] = peak_rss_bytes()
     if evaluate:
-        release_memory()
+        trainer.drop_executables()
+        release_host_memory()
         test = dataset["test"]
         results, render_s = evaluate_split(
             trainer.model, test, out_dir / "eval", eval_views(test, cfg), lpips=lpips
@@ -88,6 +90,7 @@ def train_run(
         summary["eval_render_seconds"] = round(render_s, 3)
     summary["peak_rss_bytes"] = peak_rss_bytes()
     summary["device"] = device_info()["device"]
+    summary["cpu_dispatch"] = cpu_dispatch()
     summary.update(device_peak_bytes())
     write_json(out_dir / "run.json", summary)
     return summary

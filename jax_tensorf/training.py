@@ -33,7 +33,6 @@ from flax.training.dynamic_scale import DynamicScale
 from tensorf_common.config import ExperimentConfig, TrainConfig
 from tensorf_common.errors import TrainingError
 from tensorf_common.geometry import n_to_reso, train_n_samples
-from tensorf_common.runtime import release_memory
 
 from . import alpha_mask as am
 from . import fields
@@ -42,7 +41,7 @@ from .rendering import bucket_capacity
 from .regularizers import density_l1, ortho_loss, tv_loss
 from .precision import FP32, Policy, policy_from_config
 from .sampling import per_ray_jitter
-from .xla import xla_options
+from .xla import release_host_memory, xla_options
 
 SYNC_EVERY = 10
 """Steps between host syncs in the loop (bounds how far the host runs ahead of the device)."""
@@ -370,7 +369,7 @@ class Trainer:
             self.events.append({"event": "ray_filter_box", "kept": int(self.sampler.pool_size), "of": split.n_rays})
         self.sched.n_samples = train_n_samples(reso, self.cfg.render.step_ratio, self.cfg.render.max_samples)
         self._set_capacities(initial=True)
-        release_memory()
+        release_host_memory()
         self.setup_seconds = time.perf_counter() - t0
 
     @staticmethod
@@ -478,9 +477,14 @@ class Trainer:
             except Exception:  # memory analysis is optional per backend
                 pass
             self.compiles.append(info)
-            release_memory()
+            release_host_memory()
             self.log(f"compiled train step #{len(self.compiles)} for grid {m.grid_size}, N={s.n_samples} in {seconds:.1f}s")
         return self._compiled[sig]
+
+    def drop_executables(self) -> None:
+        """Forget the compiled train steps (their memory goes back at the next release); a later
+        :meth:`run` compiles again."""
+        self._compiled.clear()
 
     def _place(self, tree, batch: bool = False):
         """Put arrays where the step expects them: the default device, or (data parallel) the mesh,
