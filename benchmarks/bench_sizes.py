@@ -45,6 +45,13 @@ class BenchSize:
     compile_grids: tuple[int, ...] = (64, 128)
     compile_workloads: tuple[str, ...] = ("render", "train_step")
     memory_workloads: tuple[str, ...] = ("render", "train_step")
+    official: tuple[str, ...] = ()
+    """Cases of the ``official`` group (``test_official_settings.py``): the JAX train step at the
+    official lego settings, ``strategy[-k][+dense]`` (``+dense``: ``render.density_lookup=dense``);
+    empty: the group does not run at this size."""
+    official_shape: tuple[int, int] = (128, 4096)
+    """(grid per axis, rays per batch) of the ``official`` group: the official lego config's first
+    grid (128^3 on the Blender box, 443 samples per ray) and batch; smaller only where tested."""
     rounds: int = 3
     warmup: int = 1
     fast_compile: bool = False
@@ -60,6 +67,10 @@ class BenchSize:
 def case_label(strategy: str, k: Optional[int]) -> str:
     return strategy if k is None else f"{strategy}-{k}"
 
+
+OFFICIAL_CASES = ("threshold", "topk-16", "topk-8", "threshold+dense", "topk-16+dense", "topk-8+dense")
+"""The official group's cases at the sizes that time it: the official strategy and the cpu preset's
+top-k, each with the factored and the dense density lookup."""
 
 SMOKE_FIELD = dict(density_n_comp=(4, 4, 4), app_n_comp=(8, 8, 8), app_dim=12, feature_c=32)
 
@@ -79,6 +90,8 @@ SIZES: dict[str, BenchSize] = {
         compile_grids=(16,),
         compile_workloads=("render",),
         memory_workloads=("render",),
+        official=("topk-8", "topk-8+dense"),
+        official_shape=(16, 64),
         rounds=1,
         warmup=0,
         fast_compile=True,
@@ -109,6 +122,7 @@ SIZES: dict[str, BenchSize] = {
         ks=(8, 16, 32, 64),
         sample_k=32,
         compile_grids=(64, 128, 160),
+        official=OFFICIAL_CASES,
         rounds=3,
         warmup=1,
     ),
@@ -128,6 +142,7 @@ SIZES: dict[str, BenchSize] = {
         torch_compile=(),
         compile_grids=(128, 300),
         memory_workloads=(),
+        official=OFFICIAL_CASES,
         rounds=10,
         warmup=2,
     ),

@@ -205,10 +205,12 @@ def hyper(tc: TrainConfig) -> dict:
 
 
 def compile_train_step(cfg: ExperimentConfig, grid, batch: int, dtype: str = "fp32", params=None, jitter=None,
-                       fresh=False, size=None):
+                       fresh=False, size=None, compact: bool = False):
     """The project's jitted train step, lowered and compiled for one batch shape.
 
-    ``fresh``: no buffer donation (the compile group runs the compiled step once on its own inputs)."""
+    ``fresh``: no buffer donation (the compile group runs the compiled step once on its own inputs).
+    ``compact``: valid samples compacted to a capacity sized like the trainer does (1.2 x the valid
+    samples of these rays, rounded up to a bucket); otherwise every sample is evaluated."""
     import jax
     import jax.numpy as jnp
 
@@ -219,10 +221,15 @@ def compile_train_step(cfg: ExperimentConfig, grid, batch: int, dtype: str = "fp
     app_cap = None
     if cfg.render.appearance == "threshold" and cfg.render.app_capacity:
         app_cap = max(1024, int(cfg.render.app_capacity * batch * n) // 1024 * 1024)
-    opts = m.render_options(n, train=True, sample_capacity=None, app_capacity=app_cap)
+    o, d = make_rays(batch, seed=2)
+    sample_cap = None
+    if compact:
+        from jax_tensorf.rendering import bucket_capacity
+
+        sample_cap = int(bucket_capacity(int(1.2 * m.count_valid_samples(o, d, n)) + 1, batch * n))
+    opts = m.render_options(n, train=True, sample_capacity=sample_cap, app_capacity=app_cap)
     adam = training.make_adam(cfg.train)
     prec = precision_kwargs(dtype)
-    o, d = make_rays(batch, seed=2)
     rgb = np.random.default_rng(3).random((batch, 3), dtype=np.float32)
     args = [m.params, init_opt_state(adam, m.params, prec), m.state, jnp.asarray(o), jnp.asarray(d), jnp.asarray(rgb),
             jax.random.PRNGKey(1), hyper(cfg.train)]
@@ -236,7 +243,7 @@ def compile_train_step(cfg: ExperimentConfig, grid, batch: int, dtype: str = "fp
                    donate_argnums=() if fresh else (0, 1))
     reg = training.RegFlags(l1=True)
     info = {"samples_per_ray": n, "grid": "x".join(map(str, m.grid_size)), "grid_size": list(m.grid_size),
-            "app_capacity": app_cap}
+            "app_capacity": app_cap, "sample_capacity": sample_cap}
     return aot_compile(
         lambda: step.lower(*args, cfg=cfg.field, opts=opts, variant=cfg.render.vmap_variant, reg=reg, adam=adam, **prec),
         "train", size, args, info,

@@ -67,13 +67,21 @@ def _cast(tree, dtype):
     return jax.tree.map(lambda x: x.astype(dtype), tree)
 
 
-def density_at(params, cfg: FieldConfig, aabb, xyz_world, variant: str = "flat", policy: Policy = FP32):
+def density_at(
+    params, cfg: FieldConfig, aabb, xyz_world, variant: str = "flat", policy: Policy = FP32, lookup: str = "factored"
+):
     """sigma at world points (..., 3) (official ``compute_densityfeature`` + ``feature2density``).
-    Coordinates stay float32; the lookups and products follow the precision ``policy``."""
+    Coordinates stay float32; the lookups and products follow the precision ``policy``. ``lookup``:
+    ``factored`` (per-point plane and line lookups, vectorised by ``variant``) or ``dense`` (through
+    the recomposed grid, :func:`jax_tensorf.fields.dense_density_feature`; same values)."""
     xyz_n = normalize_coord(xyz_world, aabb)
     grid = _cast(params["density"], policy.grid)
     fd = policy.features or jnp.float32
-    if cfg.model == "VM":
+    if lookup == "dense":
+        feat = fields.dense_density_feature(grid, cfg.model, xyz_n, fd)
+    elif lookup != "factored":
+        raise ValueError(f"render.density_lookup: unknown {lookup!r}; choose factored or dense")
+    elif cfg.model == "VM":
         feat = fields.vm_density_feature(grid["planes"], grid["lines"], xyz_n, variant, fd)
     else:
         feat = jnp.sum(fields.cp_features(grid["lines"], xyz_n, variant, fd), axis=-1)
@@ -110,7 +118,7 @@ def render_model(
         rays_d,
         state.aabb,
         state.step_size,
-        lambda x: density_at(params, cfg, state.aabb, x, variant, policy),
+        lambda x: density_at(params, cfg, state.aabb, x, variant, policy, opts.density_lookup),
         lambda x, d: rgb_at(params, cfg, state.aabb, x, d, variant, policy),
         lambda x: am.query_alpha_mask(state.mask, state.mask_aabb, x),
         opts,
@@ -231,6 +239,7 @@ class TensoRF:
             app_capacity=app_capacity,
             want_depth=want_depth,
             depth=rc.depth,
+            density_lookup=rc.density_lookup,
         )
 
     def render(self, rays_o, rays_d, opts: RenderOptions, jitter=None, key=None, policy: Policy = FP32):

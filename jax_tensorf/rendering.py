@@ -137,6 +137,8 @@ class RenderOptions:
     """Absolute capacity for thresholded appearance compaction; None = mask in place."""
     want_depth: bool = False
     depth: str = "mean"
+    density_lookup: str = "factored"
+    """``factored`` or ``dense`` (``RenderConfig.density_lookup``)."""
 
 
 def render_rays(

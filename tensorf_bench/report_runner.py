@@ -329,7 +329,8 @@ def stage_data(ctx: Context):
     }
 
 
-BENCH_ORDER = ("precision", "framework", "appearance_strategies", "vmap", "compile", "devices", "memory")
+BENCH_ORDER = ("precision", "framework", "official_settings", "appearance_strategies", "vmap", "compile", "devices",
+               "memory")
 """Benchmark files (``benchmarks/test_<name>.py``) in the order they run: the groups that answer the
 suite's questions first, so that a stage stopped at its time limit keeps those (the JSON is written
 on interrupt). Files not listed run last."""

@@ -132,6 +132,11 @@ class RenderConfig:
     pairs (an outer vmap over the three plane/line pairs), rays (the seed's extra inner vmap over
     rays), samples (inner vmap over samples), gather (no vmap: corners computed once per point,
     then plain gathers)."""
+    density_lookup: Literal["factored", "dense"] = "factored"
+    """How density is looked up: factored (the planes and lines at every sample, as the official
+    code) or dense (the component products summed into one scalar grid per step, then a trilinear
+    lookup: the same values up to rounding, 8 scalar gathers per sample instead of 18 rows of
+    components, and a backward pass that scatters 8 values per sample). JAX only."""
     chunk: int = 4096
     """Rays per chunk when rendering whole images."""
     n_samples_eval: Optional[int] = None

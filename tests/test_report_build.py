@@ -267,3 +267,19 @@ def test_quality_table_shows_gpu_peak_only_when_a_run_has_one():
     table = quality_table(gpu)
     assert "device_peak_bytes" in [c.key for c in table.columns]
     assert list(table.numbers["vs_torch"])[0] == 3.0
+
+
+def test_official_settings_sentences_rank_and_pair_the_dense_lookup():
+    from tensorf_common.report.summary import official_sentences
+
+    common = dict(size="full", grid="128x128x128", samples_per_ray=443, rays=4096, workload="train_step")
+    rows = benchmark_rows({"benchmarks": [
+        _bench("official", f"test_train_step[{label}]", t, label=label, **common)
+        for label, t in (("threshold", 1.6), ("topk-8", 0.8), ("topk-8+dense", 0.4), ("threshold+dense", 1.2))
+    ]})
+    s = official_sentences(rows)
+    assert s[0].startswith("Train step at the official lego settings (4096 rays, grid 128x128x128, 443 samples per ray)")
+    assert "`topk-8+dense` is fastest at 10.2k rays/s, 4.00× the official `threshold` strategy" in s[0], s[0]
+    assert s[1] == ("The dense density lookup against the factored one: `topk-8` 2.00× faster, "
+                    "`threshold` 1.33× faster."), s[1]
+    assert official_sentences(benchmark_rows(fake_bench_json())) == []  # no group, no sentence

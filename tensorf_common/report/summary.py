@@ -110,6 +110,31 @@ def framework_sentences(rows) -> list[str]:
     return out
 
 
+def official_sentences(rows) -> list[str]:
+    """The train step at the official lego settings: the fastest case, the official strategy, and
+    what the dense density lookup changes per strategy."""
+    rs = [r for r in _group(rows, "official") if _ok(r.get("throughput"))]
+    if not rs:
+        return []
+    by = {str(r.get("label")): r for r in rs}
+    best = max(rs, key=lambda r: float(r["throughput"]))
+    s = (f"Train step at the official lego settings ({best.get('rays')} rays, grid {best.get('grid')}, "
+         f"{best.get('samples_per_ray')} samples per ray): `{best.get('label')}` is fastest at "
+         f"{fmt_rate(best['throughput'])} rays/s")
+    off = by.get("threshold")
+    if off is not None and off is not best:
+        s += f", {float(best['throughput']) / float(off['throughput']):.2f}× the official `threshold` strategy ({fmt_rate(off['throughput'])} rays/s)"
+    out = [s + "."]
+    parts = []
+    for label, r in by.items():
+        if label.endswith("+dense") and label[: -len("+dense")] in by:
+            f = by[label[: -len("+dense")]]
+            parts.append(f"`{f.get('label')}` {_times(float(r['median_s']), float(f['median_s']))}")
+    if parts:
+        out.append("The dense density lookup against the factored one: " + ", ".join(parts) + ".")
+    return out
+
+
 def device_sentences(rows) -> list[str]:
     dv = sorted(_group(rows, "devices"), key=lambda r: int(r.get("devices") or 0))
     one = next((r for r in dv if int(r.get("devices") or 0) == 1), None)
@@ -201,6 +226,7 @@ def what_this_shows(bench_rows, quality_rows, problems, machine, load_end) -> li
     out: list[str] = []
     out += quality_sentences(quality_rows)
     out += framework_sentences(bench_rows)
+    out += official_sentences(bench_rows)
     out += vmap_sentences(bench_rows)
     out += appearance_sentences(bench_rows, quality_rows)
     out += precision_sentences(bench_rows)
