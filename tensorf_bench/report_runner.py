@@ -180,7 +180,8 @@ def run_child(cmd: Sequence[str], log_path: Path, *, env: dict, timeout_s: float
         log.write("$ " + " ".join(shlex.quote(str(c)) for c in cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env=env, cwd=cwd, start_new_session=True, errors="replace")
+                                env=env, cwd=cwd, start_new_session=True, errors="replace",
+                                preexec_fn=_default_sigint if _sigint_ignored() else None)
 
         def pump():
             assert proc.stdout is not None
@@ -215,6 +216,17 @@ def run_child(cmd: Sequence[str], log_path: Path, *, env: dict, timeout_s: float
 INTERRUPT_GRACE_S = 30.0
 """Seconds a timed-out child gets after SIGINT to finish (pytest then ends its session, so
 pytest-benchmark still writes the JSON of the benchmarks that ran) before it is killed."""
+
+
+def _sigint_ignored() -> bool:
+    """Whether this process ignores SIGINT: a command started in the background by a
+    non-interactive shell (``cmd &``, ``nohup``) does, and its children would inherit it, so the
+    timeout's SIGINT would do nothing and the child's partial results would be lost."""
+    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+def _default_sigint() -> None:  # runs in the child between fork and exec
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _interrupt_then_kill(proc: subprocess.Popen) -> None:

@@ -5,6 +5,7 @@ child process on the small scene; `tensorf-bench compare` and `report` on the co
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import time
 
@@ -142,9 +143,15 @@ def test_timed_out_child_is_interrupted_first_then_killed(tmp_path, monkeypatch)
     saved = tmp_path / "saved.txt"
     code = ("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
             f"    open({str(saved)!r}, 'w').write('partial')\n")
-    # -I -S: no site-packages processing, so the child is inside its try block long before the
-    # timeout even on a loaded machine (a SIGINT during start-up would skip the handler)
-    rc, _ = rr.run_child([sys.executable, "-I", "-S", "-c", code], tmp_path / "a.log", env=rr.child_env(), timeout_s=4)
+    rc, _ = rr.run_child([sys.executable, "-c", code], tmp_path / "a.log", env=rr.child_env(), timeout_s=4)
+    assert rc == 124 and saved.read_text() == "partial"
+    # started in the background by a shell (SIGINT ignored, inherited by children): still interrupted
+    saved.unlink()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        rc, _ = rr.run_child([sys.executable, "-c", code], tmp_path / "c.log", env=rr.child_env(), timeout_s=4)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert rc == 124 and saved.read_text() == "partial"
     monkeypatch.setattr(rr, "INTERRUPT_GRACE_S", 1.0)
     stubborn = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)\n"
