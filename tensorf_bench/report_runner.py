@@ -26,6 +26,7 @@ with tqdm; every subprocess's output goes to ``RUN_DIR/logs/<stage>.log``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import importlib.util
@@ -179,9 +180,9 @@ def run_child(cmd: Sequence[str], log_path: Path, *, env: dict, timeout_s: float
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ " + " ".join(shlex.quote(str(c)) for c in cmd) + "\n")
         log.flush()
-        proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                                env=env, cwd=cwd, start_new_session=True, errors="replace",
-                                preexec_fn=_default_sigint if _sigint_ignored() else None)
+        with _children_get_default_sigint() as preexec:
+            proc = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                    env=env, cwd=cwd, start_new_session=True, errors="replace", preexec_fn=preexec)
 
         def pump():
             assert proc.stdout is not None
@@ -218,11 +219,24 @@ INTERRUPT_GRACE_S = 30.0
 pytest-benchmark still writes the JSON of the benchmarks that ran) before it is killed."""
 
 
-def _sigint_ignored() -> bool:
-    """Whether this process ignores SIGINT: a command started in the background by a
-    non-interactive shell (``cmd &``, ``nohup``) does, and its children would inherit it, so the
-    timeout's SIGINT would do nothing and the child's partial results would be lost."""
-    return signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+@contextlib.contextmanager
+def _children_get_default_sigint():
+    """Make a child started inside this block take SIGINT's default action. A command started in
+    the background by a non-interactive shell (``cmd &``, ``nohup``) ignores SIGINT and its
+    children inherit that, so a timeout's SIGINT would do nothing and the child's partial results
+    (pytest-benchmark's JSON) would be lost. On the main thread this process catches SIGINT for the
+    moment of the spawn (a caught signal is reset to the default by ``exec``); elsewhere the child
+    resets it itself (yields a ``preexec_fn``, which makes subprocess fork instead of vfork)."""
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        yield None
+    elif threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            yield None
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+    else:
+        yield _default_sigint
 
 
 def _default_sigint() -> None:  # runs in the child between fork and exec

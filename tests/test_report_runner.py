@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -150,9 +151,17 @@ def test_timed_out_child_is_interrupted_first_then_killed(tmp_path, monkeypatch)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         rc, _ = rr.run_child([sys.executable, "-c", code], tmp_path / "c.log", env=rr.child_env(), timeout_s=4)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # this process's choice is left as it was
+        assert rc == 124 and saved.read_text() == "partial"
+        saved.unlink()
+        out = {}  # the same from a thread (the child resets SIGINT itself)
+        t = threading.Thread(target=lambda: out.update(rc=rr.run_child(
+            [sys.executable, "-c", code], tmp_path / "d.log", env=rr.child_env(), timeout_s=4)[0]))
+        t.start()
+        t.join(60)
     finally:
         signal.signal(signal.SIGINT, previous)
-    assert rc == 124 and saved.read_text() == "partial"
+    assert out.get("rc") == 124 and saved.read_text() == "partial"
     monkeypatch.setattr(rr, "INTERRUPT_GRACE_S", 1.0)
     stubborn = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)\n"
     t0 = time.monotonic()
