@@ -138,6 +138,7 @@ def test_run_child_logs_output_times_out_and_names_the_error(tmp_path):
     assert rr._error_line(-9, []).startswith("killed by signal 9")
 
 
+@pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the thread case forks on purpose (preexec_fn)
 def test_timed_out_child_is_interrupted_first_then_killed(tmp_path, monkeypatch):
     """A timeout sends SIGINT first, so a child can save what it has (pytest-benchmark writes its JSON
     on KeyboardInterrupt); one that ignores SIGINT is killed after the grace period."""
