@@ -41,6 +41,8 @@ import numpy as np
 
 from tensorf_common.config import ConfigError
 
+from .appearance import dot_precision
+
 MAT_MODE = ((0, 1), (0, 2), (1, 2))
 """Plane k spans axes MAT_MODE[k] = (width axis, height axis) (official ``matMode``)."""
 VEC_MODE = (2, 1, 0)
@@ -276,10 +278,6 @@ def cp_features(lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None) 
 # ---------------------------------------------------------------------------------------------
 
 
-def _dense_precision(dtype):
-    return jax.lax.Precision.HIGHEST if jnp.dtype(dtype) == jnp.float32 else jax.lax.Precision.DEFAULT
-
-
 def vm_density_grid(planes, lines, out_dtype=None) -> jax.Array:
     """The density feature at every grid vertex, shape ``(X, Y, Z)``: ``sum_k sum_c plane_k[c] *
     line_k[c]`` evaluated on the vertex lattice (the VM decomposition recomposed; one matrix product
@@ -291,7 +289,7 @@ def vm_density_grid(planes, lines, out_dtype=None) -> jax.Array:
         P, L = planes[k], lines[k]
         if out_dtype is not None:
             P, L = P.astype(out_dtype), L.astype(out_dtype)
-        term = jnp.einsum(f"{axes[b]}{axes[a]}q,{axes[VEC_MODE[k]]}q->xyz", P, L, precision=_dense_precision(P.dtype))
+        term = jnp.einsum(f"{axes[b]}{axes[a]}q,{axes[VEC_MODE[k]]}q->xyz", P, L, precision=dot_precision(P.dtype))
         out = term if out is None else out + term
     return out
 
@@ -300,7 +298,7 @@ def cp_density_grid(lines, out_dtype=None) -> jax.Array:
     """The CP density feature at every grid vertex, ``(X, Y, Z)``: ``sum_r l_x[r] l_y[r] l_z[r]``."""
     by_axis = {VEC_MODE[k]: lines[k] for k in range(3)}
     lx, ly, lz = (by_axis[i] if out_dtype is None else by_axis[i].astype(out_dtype) for i in range(3))
-    return jnp.einsum("xr,yr,zr->xyz", lx, ly, lz, precision=_dense_precision(lx.dtype))
+    return jnp.einsum("xr,yr,zr->xyz", lx, ly, lz, precision=dot_precision(lx.dtype))
 
 
 def trilinear(grid: jax.Array, xyz_n: jax.Array) -> jax.Array:

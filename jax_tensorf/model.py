@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tensorf_common.config import FieldConfig, RenderConfig
+from tensorf_common.config import ConfigError, FieldConfig, RenderConfig
 from tensorf_common.geometry import step_size_and_n_samples
 
 from . import alpha_mask as am
@@ -80,7 +80,7 @@ def density_at(
     if lookup == "dense":
         feat = fields.dense_density_feature(grid, cfg.model, xyz_n, fd)
     elif lookup != "factored":
-        raise ValueError(f"render.density_lookup: unknown {lookup!r}; choose factored or dense")
+        raise ConfigError(f"render.density_lookup: unknown {lookup!r}; choose factored or dense")
     elif cfg.model == "VM":
         feat = fields.vm_density_feature(grid["planes"], grid["lines"], xyz_n, variant, fd)
     else:

@@ -7,7 +7,7 @@ x86 CPU with jaxlib 0.10.2: density lookup of 1M points, forward 140 ms with the
 renders) rather than process-wide, and only on the CPU backend, where the option exists.
 
 Host memory on the CPU backend (peak RSS of the cpu preset's 3-minute lego run on a 2-core VM,
-jaxlib 0.10.2, mimalloc, 2026-11-26: 2.77 GiB before, 1.6 GiB with both of these):
+jaxlib 0.10.2, mimalloc, 2026-11-26: 2.74 GiB before, 1.41 GiB with both of these):
 
 * :func:`release_host_memory` drops JAX's cached executables (``jax.clear_caches``) before handing
   freed heap back. Every eager op and every jitted helper of set-up keeps a compiled executable;

@@ -678,19 +678,14 @@ def _prune(out_dir: Path, keep_models: bool, keep_renders: bool, figure_views: S
 
 
 def _quality_jax(job: dict, cfg, out_dir: Path) -> dict:
-    import jax
-
     from jax_tensorf.run import train_run
 
     def on_log(point):
         _emit(step=point.step, elapsed=point.elapsed, psnr=point.psnr)
 
-    summary = train_run(cfg, job["data_dir"], out_dir, evaluate=True, lpips=job.get("lpips", True), progress=False,
-                        on_log=on_log)
-    dev = jax.devices()[0]
-    kind = getattr(dev, "device_kind", dev.platform)
-    summary["device"] = dev.platform if kind == dev.platform else f"{dev.platform}:{kind}"
-    return summary
+    # the summary names the device (jax_tensorf.xla.device_info)
+    return train_run(cfg, job["data_dir"], out_dir, evaluate=True, lpips=job.get("lpips", True), progress=False,
+                     on_log=on_log)
 
 
 def _quality_torch(job: dict, cfg, out_dir: Path) -> dict:

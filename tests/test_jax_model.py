@@ -197,3 +197,12 @@ def test_dense_density_lookup_renders_and_trains_like_the_factored_one():
         scale = float(jnp.max(jnp.abs(a)))
         assert scale > 0
         assert float(jnp.max(jnp.abs(a - b))) <= 1e-4 * scale
+
+
+def test_unknown_density_lookup_raises_config_error_naming_the_field():
+    from jax_tensorf.model import density_at
+    from tensorf_common.config import ConfigError
+
+    m = _dense_model()
+    with pytest.raises(ConfigError, match=r"render\.density_lookup: unknown 'sparse'"):
+        density_at(m.params, m.field_cfg, m.state.aabb, jnp.zeros((2, 3)), lookup="sparse")
