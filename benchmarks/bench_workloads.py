@@ -101,7 +101,7 @@ def precision_kwargs(name: str) -> dict:
 
 def init_opt_state(adam, params, prec: dict):
     """Adam's state for the train step (wrapped with a loss scale when the policy scales)."""
-    from jax_tensorf import training
+    from jax_tensorf import step as training
 
     if "policy" in prec and hasattr(training, "init_optimizer_state"):
         return training.init_optimizer_state(adam, params, prec["policy"])
@@ -214,7 +214,7 @@ def compile_train_step(cfg: ExperimentConfig, grid, batch: int, dtype: str = "fp
     import jax
     import jax.numpy as jnp
 
-    from jax_tensorf import training
+    from jax_tensorf import step as training
 
     m = jax_model(cfg, grid, params=params)
     n = train_n_samples(m.grid_size, cfg.render.step_ratio, cfg.render.max_samples)
@@ -258,7 +258,7 @@ def compile_sharded_train_step(cfg: ExperimentConfig, grid, batch: int, n_device
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-    from jax_tensorf import training
+    from jax_tensorf import step as training
 
     if batch % n_devices:
         raise ValueError(f"batch {batch} does not split over {n_devices} devices")

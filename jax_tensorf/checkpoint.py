@@ -1,4 +1,5 @@
-"""Checkpoints of JAX models and of whole training runs.
+"""Checkpoint files of JAX models and of whole training runs (this module reads and writes files;
+what a training run's state holds is :meth:`jax_tensorf.training.Trainer.state_dict`).
 
 One ``.npz`` file (no pickle) holds every array under a ``/``-joined path (``params/density/planes/0``,
 ``opt/mu/...``, ``state/mask`` ...) plus a JSON document under ``__meta__`` with the configs, the
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -191,91 +192,16 @@ def load_model(path: Path):
 # ---------------------------------------------------------------------------------------------
 
 
-def save_trainer(trainer, path: Path) -> Path:
-    import dataclasses
-
-    from .training import ScaledState
-
-    arrays = model_arrays(trainer.model)
-    opt = trainer.opt_state
-    if isinstance(opt, ScaledState):
-        arrays["opt/loss_scale"] = np.asarray(opt.scale.scale)
-        arrays["opt/loss_scale_fin_steps"] = np.asarray(opt.scale.fin_steps)
-        opt = opt.adam
-    arrays["opt/count"] = np.asarray(opt.count)
-    arrays.update(flatten(opt.mu, "opt/mu"))
-    arrays.update(flatten(opt.nu, "opt/nu"))
-    sampler = dict(trainer.sampler.state_dict())
-    bits = sampler.pop("pool_bits")
-    if bits is not None:
-        arrays["sampler/pool_bits"] = np.asarray(bits)
-    meta = model_meta(trainer.model, trainer.cfg)
-    meta.update(
-        kind="trainer",
-        schedule=trainer.sched.to_json(),
-        sampler=sampler,
-        history=[dataclasses.asdict(p) for p in trainer.history],
-        events=trainer.events,
-        compiles=trainer.compiles,
-        setup_seconds=trainer.setup_seconds,
-    )
-    return write_npz(path, arrays, meta)
+def save_checkpoint(path: Path, state: dict) -> Path:
+    """Write a training run's state (``jax_tensorf.training.Trainer.state_dict()``: ``{"arrays",
+    "meta"}``) to ``path``, atomically."""
+    return write_npz(path, state["arrays"], state["meta"])
 
 
-def load_trainer(path: Path, dataset, **trainer_kwargs):
-    """Rebuild a :class:`jax_tensorf.training.Trainer` from a checkpoint, ready to ``run()`` on."""
-    from .training import LogPoint, ScaledState, ScheduleState, Trainer, init_optimizer_state
-    from tensorf_common.data import BatchSampler
-
+def load_checkpoint(path: Path) -> dict:
+    """The state of a training run saved by :func:`save_checkpoint` (``{"arrays", "meta"}``);
+    a model file is refused, naming the file."""
     arrays, meta = read_npz(path)
-    where = str(path)
     if meta.get("kind") != "trainer":
-        raise CheckpointError(f"{where}: kind {meta.get('kind')!r} is a model, not a resumable training run")
-    model, cfg = model_from_arrays(arrays, meta, where)
-    trainer = Trainer.__new__(Trainer)
-    trainer.cfg, trainer.tc = cfg, cfg.train
-    trainer.dataset = dataset
-    trainer.train_split = dataset["train"]
-    trainer.out_dir = trainer_kwargs.get("out_dir", Path(path).parent)
-    trainer.log = trainer_kwargs.get("log", lambda s: None)
-    trainer.progress = trainer_kwargs.get("progress", False)
-    trainer._init_runtime()
-    trainer.compiles = list(meta.get("compiles", []))
-    trainer.history = [LogPoint(**p) for p in meta.get("history", [])]
-    trainer.events = list(meta.get("events", []))
-    trainer._compiled = {}
-    trainer._pending_recompile = False
-    trainer.sched = ScheduleState(**meta["schedule"])
-    trainer.key = jax.random.PRNGKey(cfg.train.seed)
-    trainer.setup_seconds = float(meta.get("setup_seconds", 0.0))
-    trainer.model = model
-    model.mesh = trainer.mesh
-    template = jax.eval_shape(lambda: init_optimizer_state(trainer.adam, model.params, trainer.policy))
-    adam_template = template.adam if isinstance(template, ScaledState) else template
-    adam_state = adam_template._replace(
-        count=jnp.asarray(arrays["opt/count"]),
-        mu=unflatten(model.params, arrays, "opt/mu", where),
-        nu=unflatten(model.params, arrays, "opt/nu", where),
-    )
-    if isinstance(template, ScaledState):
-        if "opt/loss_scale" not in arrays:
-            raise CheckpointError(f"{where}: missing array 'opt/loss_scale' for a loss-scaled (fp16) run")
-        scale = template.scale.replace(
-            scale=jnp.asarray(arrays["opt/loss_scale"]), fin_steps=jnp.asarray(arrays["opt/loss_scale_fin_steps"])
-        )
-        trainer.opt_state = ScaledState(adam_state, scale)
-    else:
-        trainer.opt_state = adam_state
-    sampler_state: dict[str, Any] = dict(meta["sampler"])
-    sampler_state["pool_bits"] = arrays.get("sampler/pool_bits")
-    sampler = BatchSampler(trainer.train_split.n_rays, cfg.train.batch_size, cfg.train.seed)
-    try:
-        sampler.load_state_dict(sampler_state)
-    except ValueError as exc:
-        raise CheckpointError(f"{where}: {exc}") from None
-    if sampler.universe != trainer.train_split.n_rays:
-        raise CheckpointError(
-            f"{where}: the run was trained on {sampler.universe} rays, this dataset has {trainer.train_split.n_rays}"
-        )
-    trainer.sampler = sampler
-    return trainer
+        raise CheckpointError(f"{path}: kind {meta.get('kind')!r} is a model, not a resumable training run")
+    return {"arrays": arrays, "meta": meta}

@@ -40,12 +40,21 @@ def train_run(
     ``out_dir/run.json``."""
     from tensorf_common.data import load_from_config
 
-    from .checkpoint import load_trainer, save_model
+    from .checkpoint import save_model
     from .evaluation import evaluate_split
     from .training import Trainer
-    from .xla import cpu_dispatch, device_info, device_peak_bytes, prefer_synchronous_cpu_dispatch, release_host_memory
+    from .xla import (
+        cpu_dispatch,
+        device_info,
+        device_peak_bytes,
+        enable_compilation_cache,
+        prefer_synchronous_cpu_dispatch,
+        release_host_memory,
+    )
 
+    t_start = time.perf_counter()
     prefer_synchronous_cpu_dispatch()  # before anything creates the CPU client
+    cache_dir = enable_compilation_cache()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_load = time.perf_counter()
@@ -53,10 +62,11 @@ def train_run(
     dataset = load_from_config(data_dir, cfg.data, splits)
     load_seconds = time.perf_counter() - t_load
     ckpt = out_dir / "checkpoint.npz"
-    if resume and ckpt.exists():
-        trainer = load_trainer(ckpt, dataset, out_dir=out_dir, log=log, progress=progress)
+    resumed = resume and ckpt.exists()
+    if resumed:
+        trainer = Trainer.resume(ckpt, dataset, out_dir=out_dir, log=log, progress=progress)
         cfg = trainer.cfg
-        log(f"resumed {ckpt} at step {trainer.sched.step} ({trainer.sched.elapsed:.1f} s trained)")
+        log(f"resumed {ckpt} at step {trainer.pos.step} ({trainer.pos.elapsed:.1f} s of budget used)")
     else:
         trainer = Trainer(cfg, dataset, out_dir=out_dir, log=log, progress=progress)
     trainer.run(on_log=on_log)
@@ -67,10 +77,16 @@ def train_run(
         "framework": "jax",
         "data": str(data_dir),
         "config": cfg.to_dict(),
-        "steps": trainer.sched.step,
-        "train_seconds": round(trainer.sched.elapsed, 3),
+        "steps": trainer.pos.step,
+        "train_seconds": round(trainer.pos.elapsed, 3),
+        "step_seconds": round(trainer.pos.train_seconds, 3),
         "load_seconds": round(load_seconds, 3),
         "setup_seconds": round(trainer.setup_seconds, 3),
+        "time_to_first_step": (
+            None if resumed or trainer.first_step_at is None else round(trainer.first_step_at - t_start, 3)
+        ),
+        "compile_seconds": round(sum(c["seconds"] for c in trainer.compiles), 3),
+        "compilation_cache": str(cache_dir) if cache_dir is not None else None,
         "grid_size": trainer.model.grid_size,
         "aabb": trainer.model.aabb.tolist(),
         "compiles": trainer.compiles,
@@ -97,11 +113,9 @@ def train_run(
 
 
 def _steady_rays_per_s(trainer) -> Optional[float]:
-    """Training rays per second over the whole run, compilation excluded (steps x batch over the
-    trained seconds minus compile seconds)."""
-    s = trainer.sched
-    compile_s = sum(c["seconds"] for c in trainer.compiles)
-    busy = s.elapsed - compile_s - trainer.setup_seconds
-    if s.step == 0 or busy <= 0:
+    """Training rays per second over the whole run: steps x batch over the seconds spent in steps
+    (set-up, compilation, mask updates and checkpoints excluded)."""
+    p = trainer.pos
+    if p.step == 0 or p.train_seconds <= 0:
         return None
-    return round(s.step * trainer.tc.batch_size / busy, 1)
+    return round(p.step * trainer.tc.batch_size / p.train_seconds, 1)

@@ -31,6 +31,7 @@ import json
 import os
 
 import jax
+import jax.monitoring
 
 from tensorf_common.runtime import release_memory
 
@@ -108,3 +109,48 @@ def cpu_dispatch() -> str:
         return "async" if bool(jax.config.values["jax_cpu_enable_async_dispatch"]) else "sync"
     except KeyError:  # pragma: no cover
         return "async"
+
+
+CACHE_ENV = "TENSORF_BENCH_JAX_CACHE"
+"""Folder of JAX's persistent compilation cache for training runs; ``off`` disables it. Default:
+``<tensorf_common.data.cache_root()>/jax-cache``."""
+
+CACHE_MAX_BYTES = 4 << 30
+"""Size at which JAX starts evicting the least recently used cache entries (where it supports it)."""
+
+_cache_hits = [0]
+
+
+def _count_cache_hits(event: str, **_kw) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _cache_hits[0] += 1
+
+
+def enable_compilation_cache():
+    """Turn on JAX's persistent compilation cache (``jax_compilation_cache_dir``), so that a second
+    run of the same configuration loads its compiled steps instead of compiling them. Only
+    compilations of at least JAX's ``jax_persistent_cache_min_compile_time_secs`` (1 s by default)
+    are written. Returns the folder, or None when disabled (``TENSORF_BENCH_JAX_CACHE=off``).
+    Benchmarks never call this: they time compilation."""
+    env = os.environ.get(CACHE_ENV)
+    if env is not None and env.strip().lower() in ("off", "0", "none", ""):
+        return None
+    if env:
+        folder = os.path.expanduser(env)
+    else:
+        from tensorf_common.data import cache_root
+
+        folder = os.path.join(str(cache_root()), "jax-cache")
+    os.makedirs(folder, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", folder)
+    if "jax_compilation_cache_max_size" in jax.config.values:
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    if not getattr(enable_compilation_cache, "_listening", False):
+        jax.monitoring.register_event_listener(_count_cache_hits)
+        enable_compilation_cache._listening = True
+    return folder
+
+
+def compilation_cache_hits() -> int:
+    """Compilations served by the persistent cache so far in this process."""
+    return _cache_hits[0]

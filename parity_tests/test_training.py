@@ -3,7 +3,7 @@ schedule, and a 100-step training trajectory (same init through the converter, s
 per-step jitter, LR decay, an alpha-mask update with shrink and an upsample with a new Adam and the
 LR reset on both sides) ending within 0.05 dB of PSNR.
 
-The JAX side is driven step by step with ``jax_tensorf.training.train_step`` (jitter passed in), the
+The JAX side is driven step by step with ``jax_tensorf.step.train_step`` (jitter passed in), the
 torch side by ``torch_reference.training.train`` itself (its jitter generator reproduced here).
 """
 
@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-import jax_tensorf.training as jt
+import jax_tensorf.step as jt
+from tensorf_common import schedule as sch
 import torch_reference.training as tt
 from compare import EXACT, FP32, GRAD, PSNR, assert_close, assert_scalar_close
 from tensorf_common.config import RenderConfig, TrainConfig
@@ -87,7 +88,7 @@ def test_loss_and_gradients_of_every_parameter(twins, model, shading):
 def test_lr_schedule():
     tc = TrainConfig(n_iters=100, lr_decay_target_ratio=0.1)
     span = tt.decay_span(tc)
-    assert_close("training.lr_factor", np.float64(jt.lr_factor(tc, span)), np.float64(tt.lr_factor(tc, span)), EXACT)
+    assert_close("training.lr_factor", np.float64(sch.lr_factor(tc, span)), np.float64(tt.lr_factor(tc, span)), EXACT)
     # the torch optimizer's rates as its loop leaves them: decayed by a product after every step,
     # reset (new Adam at the initial rates) after the upsample at iteration 49
     model = torch.nn.Module()
@@ -98,7 +99,7 @@ def test_lr_schedule():
     torch_lrs, jax_lrs, reset = [], [], 0
     for it in range(100):
         torch_lrs.append([g["lr"] for g in optimizer.param_groups])
-        jax_lrs.append(list(jt.learning_rates(tc, it - reset, span)))
+        jax_lrs.append(list(sch.learning_rates(tc, it - reset, span)))
         tt.decay_learning_rates(optimizer, factor)
         if it == 49:
             for g, lr in zip(optimizer.param_groups, (tc.lr_init, tc.lr_basis)):
@@ -108,7 +109,7 @@ def test_lr_schedule():
     assert_close("training.learning_rates[100 steps, reset at 50] (relative)", rel, np.zeros_like(rel))
     assert_close(
         "training.learning_rates[functions]",
-        np.array([jt.learning_rates(tc, s, span) for s in (0, 1, 37, 100)]),
+        np.array([sch.learning_rates(tc, s, span) for s in (0, 1, 37, 100)]),
         np.array([tt.learning_rates(tc, s, span) for s in (0, 1, 37, 100)]),
         EXACT,
     )
@@ -189,7 +190,7 @@ def trajectory(twins, parity_scene):
     for it in range(TRAJ_STEPS):
         o, d, rgb = split.batch(sampler.next())
         jit = torch.rand(tc.batch_size, generator=gen).numpy()
-        lr_g, lr_b = jt.learning_rates(tc, it - reset, span)
+        lr_g, lr_b = sch.learning_rates(tc, it - reset, span)
         params, opt, metrics = jt.train_step(
             params, opt, jm.state, o, d, rgb, key, _hyper(lr_g, lr_b, l1=l1), jit,
             cfg=field, opts=jm.render_options(n_samples, train=True), variant="flat",

@@ -174,8 +174,12 @@ class TrainConfig:
     """Wall-clock training budget in minutes (set-up and compilation count, the final evaluation does not);
     None = n_iters."""
     schedule_unit: ScheduleUnit = "iter"
-    """How upsample_at / alpha_mask_at are read: iteration numbers, or fractions of the budget (with
-    --minutes: of the seconds left after set-up and the first compilation; else of n_iters)."""
+    """How upsample_at / alpha_mask_at are read: iteration numbers, or fractions (with --minutes: of
+    the seconds of training the run will have, a clock that set-up, compilation and mask updates do
+    not advance; else of n_iters)."""
+    min_upsample_gap: float = 0.05
+    """With a time-fraction schedule: the least spacing of two upsamples, as a fraction of the budget
+    (in seconds of training), so that a stall cannot bunch upsamples together."""
     upsample_at: tuple[float, ...] = (2000, 3000, 4000, 5500, 7000)
     """When the grid is upsampled (see schedule_unit)."""
     alpha_mask_at: tuple[float, ...] = (2000, 4000)
@@ -239,6 +243,11 @@ class TrainConfig:
     scale), none for bf16 and fp32."""
     devices: int = 1
     """Data-parallel devices (jax.sharding mesh over the batch axis; parameters replicated)."""
+    static_shapes: bool = False
+    """JAX: allocate the planes, lines and alpha mask at their largest size for the whole run, with
+    the active grid size a traced value, so that the train step compiles once per run (upsamples
+    and shrinks resample into the same buffers). Costs memory and per-step work while the grid is
+    small; pays where compilation is slow (GPUs)."""
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, f"train.batch_size: must be positive, got {self.batch_size}")
@@ -265,6 +274,10 @@ class TrainConfig:
         _require(self.carve_resolution >= 8, f"train.carve_resolution: too small ({self.carve_resolution})")
         _require(self.log_every > 0, f"train.log_every: must be positive, got {self.log_every}")
         _require(self.devices >= 1, f"train.devices: must be >= 1, got {self.devices}")
+        _require(
+            0 <= self.min_upsample_gap < 1,
+            f"train.min_upsample_gap: expected a fraction in [0, 1), got {self.min_upsample_gap}",
+        )
         _require(
             self.batch_size % self.devices == 0,
             f"train.batch_size: {self.batch_size} is not divisible by train.devices {self.devices}",

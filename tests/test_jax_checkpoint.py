@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from jax_helpers import SMALL_CP_RGB, SMALL_VM_FEA, numpy_model, trees_bit_identical
-from jax_tensorf.checkpoint import load_model, load_trainer, read_npz, save_model, write_npz
+from jax_tensorf.checkpoint import load_checkpoint, load_model, read_npz, save_model, write_npz
 from jax_tensorf.model import render
 from tensorf_common.config import ExperimentConfig, RenderConfig
 from tensorf_common.errors import CheckpointError
@@ -91,7 +91,7 @@ def test_missing_file_names_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="absent.npz"):
         load_model(path)
     with pytest.raises(CheckpointError, match="absent.npz"):
-        load_trainer(path, dataset=None)
+        load_checkpoint(path)
 
 
 def test_not_an_npz_names_the_file(tmp_path):
@@ -171,7 +171,7 @@ def test_missing_array_names_the_array(saved, tmp_path):
 
 def test_a_model_file_is_not_a_resumable_run(saved):
     with pytest.raises(CheckpointError, match=r"model\.npz.*model"):
-        load_trainer(saved, dataset=None)
+        load_checkpoint(saved)
 
 
 def test_config_mismatch_unknown_key(saved, tmp_path):

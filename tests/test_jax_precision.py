@@ -15,7 +15,8 @@ import pytest
 
 from tensorf_common.config import ConfigError, preset
 from jax_tensorf.precision import policy
-from jax_tensorf.training import RegFlags, ScaledState, Trainer, train_step
+from jax_tensorf.step import RegFlags, ScaledState, train_step
+from jax_tensorf.training import Trainer
 
 
 def _cfg(precision: str, n_iters: int = 200, **train):
@@ -42,7 +43,7 @@ def runs(small_dataset):
 @pytest.mark.parametrize("prec", ["bf16", "fp16"])
 def test_half_precision_trains_finite_and_close_to_fp32(runs, prec):
     tr, ref = runs[prec], runs["fp32"]
-    assert tr.sched.step == ref.sched.step == 200
+    assert tr.pos.step == ref.pos.step == 200
     for leaf in jax.tree.leaves(tr.model.params):
         assert leaf.dtype == jnp.float32  # parameters stay fp32
         assert np.all(np.isfinite(np.asarray(leaf)))
@@ -59,7 +60,7 @@ def test_fp16_uses_dynamic_loss_scaling(runs):
 
 def _dtype_census(tr) -> Counter:
     """Result dtypes of the gathers and dot products in the lowered train step."""
-    m, s = tr.model, tr.sched
+    m, s = tr.model, tr.shape
     opts = m.render_options(s.n_samples, train=True)
     args = tr._step_args(np.zeros(tr.tc.batch_size, np.int64))
     text = train_step.lower(
