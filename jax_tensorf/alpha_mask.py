@@ -52,15 +52,17 @@ def mask_corner_codes(mask: jax.Array) -> jax.Array:
 _D0_X, _D0_Y, _D0_Z = 0x55, 0x33, 0x0F
 
 
-def query_alpha_mask(mask: jax.Array, mask_aabb: jax.Array, xyz: jax.Array) -> jax.Array:
+def query_alpha_mask(mask: jax.Array, mask_aabb: jax.Array, xyz: jax.Array, size=None) -> jax.Array:
     """Whether world points (..., 3) fall in the mask (Z, Y, X): ``grid_sample(mask) > 0``.
 
     The trilinear value is positive exactly when some set corner has a positive weight; a corner
     on the far side of an axis has weight ``frac`` (zero only on a lattice plane) and one on the
     near side ``1 - frac`` (never zero). So one gather of the cell's 8 corner bits
     (:func:`mask_corner_codes`), masked by the corners whose weight is positive, answers it exactly
-    (8 gathers of the float volume before)."""
-    Z, Y, X = mask.shape
+    (8 gathers of the float volume before). ``size``: the active [X, Y, Z] of a mask stored in a
+    larger all-False-padded buffer (a traced (3,) int array); None: the array is the mask."""
+    Zb, Yb, Xb = mask.shape
+    X, Y, Z = (Xb, Yb, Zb) if size is None else (size[0], size[1], size[2])
     codes = mask_corner_codes(mask)
     n = normalize_coord(xyz, mask_aabb)
     sizes = (X, Y, Z)
@@ -69,7 +71,8 @@ def query_alpha_mask(mask: jax.Array, mask_aabb: jax.Array, xyz: jax.Array) -> j
     frac = [p - l for p, l in zip(pos, lo)]
     cell = [l.astype(jnp.int32) + 1 for l in lo]
     inside = (cell[0] >= 0) & (cell[0] <= X) & (cell[1] >= 0) & (cell[1] <= Y) & (cell[2] >= 0) & (cell[2] <= Z)
-    lin = (jnp.clip(cell[2], 0, Z) * (Y + 1) + jnp.clip(cell[1], 0, Y)) * (X + 1) + jnp.clip(cell[0], 0, X)
+    # cells up to the active size: its far corners lie in the padding, which is False
+    lin = (jnp.clip(cell[2], 0, Z) * (Yb + 1) + jnp.clip(cell[1], 0, Y)) * (Xb + 1) + jnp.clip(cell[0], 0, X)
     code = codes.reshape(-1)[lin]
     code = code & jnp.where(frac[0] > 0, 0xFF, _D0_X).astype(jnp.uint8)
     code = code & jnp.where(frac[1] > 0, 0xFF, _D0_Y).astype(jnp.uint8)
@@ -188,10 +191,11 @@ def rays_hit_mask(
     mask: jax.Array,
     mask_aabb: jax.Array,
     n_samples: int = 256,
+    mask_size=None,
 ) -> jax.Array:
     """Whether any of ``n_samples`` evaluation samples of each ray falls in the mask (official
-    ``filtering_rays``, the mask branch)."""
+    ``filtering_rays``, the mask branch); ``mask_size`` as in :func:`query_alpha_mask`."""
     from .sampling import sample_ray
 
     _, xyz, _ = sample_ray(rays_o, rays_d, aabb, near, far, step, n_samples, None)
-    return jnp.any(query_alpha_mask(mask, mask_aabb, xyz), axis=-1)
+    return jnp.any(query_alpha_mask(mask, mask_aabb, xyz, mask_size), axis=-1)

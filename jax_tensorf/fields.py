@@ -134,11 +134,24 @@ def grid_sample_1d(line: jax.Array, t: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------------------------
 
 
-def _pair_point(plane, line, xyz, k: int, out_dtype=None):
+def _plane_extent(sizes, k: int):
+    """(W, H) of plane k inside a zero-padded buffer, or None (the buffer is the plane)."""
+    if sizes is None:
+        return None
+    a, b = MAT_MODE[k]
+    return (sizes[a], sizes[b])
+
+
+def _line_extent(sizes, k: int):
+    """Length of line k inside a zero-padded buffer, or None."""
+    return None if sizes is None else sizes[VEC_MODE[k]]
+
+
+def _pair_point(plane, line, xyz, k: int, out_dtype=None, sizes=None):
     """plane_k(xyz) * line_k(xyz) for one point -> (C_k,), the product in ``out_dtype``."""
     a, b = MAT_MODE[k]
-    p = _bilinear_point(plane, xyz[a], xyz[b])
-    l = _linear_point(line, xyz[VEC_MODE[k]])
+    p = _bilinear_point(plane, xyz[a], xyz[b], _plane_extent(sizes, k))
+    l = _linear_point(line, xyz[VEC_MODE[k]], _line_extent(sizes, k))
     if out_dtype is not None:
         p, l = p.astype(out_dtype), l.astype(out_dtype)
     return p * l
@@ -161,29 +174,32 @@ def _vectorise(fn: Callable, xyz: jax.Array, variant: str) -> jax.Array:
     raise ConfigError(f"render.vmap_variant: unknown {variant!r}; choose one of {VMAP_VARIANTS}")
 
 
-def _gather_plane(plane: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
-    """Batched bilinear lookup (the ``gather`` variant): (P,) coordinates -> (P, C)."""
+def _gather_plane(plane: jax.Array, u: jax.Array, v: jax.Array, wh=None) -> jax.Array:
+    """Batched bilinear lookup (the ``gather`` variant): (P,) coordinates -> (P, C). ``wh``: the
+    active (W, H) of a zero-padded plane."""
     H, W, C = plane.shape
-    corners = _plane_corners(H, W, u, v)
-    idx = [row * W + col for row, col, _ in corners]
+    corners = _plane_corners(H if wh is None else wh[1], W if wh is None else wh[0], u, v)
+    idx = [row * W + col for row, col, _ in corners]  # clipped to the active extent <= the buffer
     wts = [weight for _, _, weight in corners]
     idx, wts = jax.lax.optimization_barrier((idx, wts))  # computed once per point, not per channel
     flat = plane.reshape(H * W, C)
     return sum(flat[i] * w[:, None].astype(flat.dtype) for i, w in zip(idx, wts))
 
 
-def _gather_line(line: jax.Array, t: jax.Array) -> jax.Array:
-    """Batched linear lookup (the ``gather`` variant): (P,) coordinates -> (P, C)."""
-    corners = _line_corners(line.shape[0], t)
+def _gather_line(line: jax.Array, t: jax.Array, length=None) -> jax.Array:
+    """Batched linear lookup (the ``gather`` variant): (P,) coordinates -> (P, C). ``length``: the
+    active length of a zero-padded line."""
+    L = line.shape[0]
+    corners = _line_corners(L if length is None else length, t)
     idx, wts = jax.lax.optimization_barrier(([i for i, _ in corners], [w for _, w in corners]))
     return sum(line[i] * w[:, None].astype(line.dtype) for i, w in zip(idx, wts))
 
 
-def _pair_gather(plane, line, xyz: jax.Array, k: int, out_dtype=None) -> jax.Array:
+def _pair_gather(plane, line, xyz: jax.Array, k: int, out_dtype=None, sizes=None) -> jax.Array:
     flat = xyz.reshape(-1, 3)
     a, b = MAT_MODE[k]
-    p = _gather_plane(plane, flat[:, a], flat[:, b])
-    l = _gather_line(line, flat[:, VEC_MODE[k]])
+    p = _gather_plane(plane, flat[:, a], flat[:, b], _plane_extent(sizes, k))
+    l = _gather_line(line, flat[:, VEC_MODE[k]], _line_extent(sizes, k))
     if out_dtype is not None:
         p, l = p.astype(out_dtype), l.astype(out_dtype)
     return (p * l).reshape(*xyz.shape[:-1], -1)
@@ -196,7 +212,7 @@ def _stack_padded(arrays: Sequence[jax.Array]) -> jax.Array:
     return jnp.stack(padded)
 
 
-def _pairs_features(planes, lines, xyz: jax.Array, out_dtype=None) -> list[jax.Array]:
+def _pairs_features(planes, lines, xyz: jax.Array, out_dtype=None, sizes=None) -> list[jax.Array]:
     """The ``pairs`` variant: outer vmap over the three plane/line pairs (padded to one shape)."""
     # Reorder coordinates per pair so that one function serves all three: (u, v, t) per pair.
     perm = jnp.array([[MAT_MODE[k][0], MAT_MODE[k][1], VEC_MODE[k]] for k in range(3)])
@@ -204,8 +220,12 @@ def _pairs_features(planes, lines, xyz: jax.Array, out_dtype=None) -> list[jax.A
     uvt = flat[:, perm]  # (P, 3 pairs, 3)
     P = _stack_padded(planes)
     Lns = _stack_padded(lines)
-    wh = jnp.array([[p.shape[1], p.shape[0]] for p in planes], dtype=jnp.int32)
-    ln = jnp.array([l.shape[0] for l in lines], dtype=jnp.int32)
+    if sizes is None:
+        wh = jnp.array([[p.shape[1], p.shape[0]] for p in planes], dtype=jnp.int32)
+        ln = jnp.array([l.shape[0] for l in lines], dtype=jnp.int32)
+    else:
+        wh = jnp.stack([jnp.stack(_plane_extent(sizes, k)) for k in range(3)]).astype(jnp.int32)
+        ln = jnp.stack([_line_extent(sizes, k) for k in range(3)]).astype(jnp.int32)
 
     def one_pair(plane, line, wh_k, l_k, uvt_k):
         def point(c):
@@ -222,40 +242,48 @@ def _pairs_features(planes, lines, xyz: jax.Array, out_dtype=None) -> list[jax.A
     return [out[k, :, : comps[k]].reshape(*xyz.shape[:-1], comps[k]) for k in range(3)]
 
 
-def vm_pair_features(planes, lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None) -> list[jax.Array]:
+def vm_pair_features(
+    planes, lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None, sizes=None
+) -> list[jax.Array]:
     """Per-pair products ``plane_k(xyz) * line_k(xyz)``, a list of three (..., C_k) arrays.
 
     The lookups compute in the grids' dtype; ``out_dtype`` (default: that dtype) is the dtype of
-    the products (mixed precision: bf16 lookups with float32 products, say)."""
+    the products (mixed precision: bf16 lookups with float32 products, say). ``sizes``: the active
+    grid size [X, Y, Z] (a traced (3,) int array) of planes and lines stored in larger zero-padded
+    buffers; the lookup then treats everything past it as outside the grid. None: the arrays are
+    the grid."""
     if variant == "pairs":
-        return _pairs_features(planes, lines, xyz_n, out_dtype)
+        return _pairs_features(planes, lines, xyz_n, out_dtype, sizes)
     if variant == "gather":
-        return [_pair_gather(planes[k], lines[k], xyz_n, k, out_dtype) for k in range(3)]
+        return [_pair_gather(planes[k], lines[k], xyz_n, k, out_dtype, sizes) for k in range(3)]
     return [
-        _vectorise(lambda p, k=k: _pair_point(planes[k], lines[k], p, k, out_dtype), xyz_n, variant)
+        _vectorise(lambda p, k=k: _pair_point(planes[k], lines[k], p, k, out_dtype, sizes), xyz_n, variant)
         for k in range(3)
     ]
 
 
-def vm_features(planes, lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None) -> jax.Array:
+def vm_features(planes, lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None, sizes=None) -> jax.Array:
     """Per-component products concatenated in the official order (pair 0, 1, 2) -> (..., sum C)."""
-    return jnp.concatenate(vm_pair_features(planes, lines, xyz_n, variant, out_dtype), axis=-1)
+    return jnp.concatenate(vm_pair_features(planes, lines, xyz_n, variant, out_dtype, sizes), axis=-1)
 
 
-def vm_density_feature(planes, lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None) -> jax.Array:
+def vm_density_feature(
+    planes, lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None, sizes=None
+) -> jax.Array:
     """Density feature: the sum of every component product (official ``compute_densityfeature``)."""
-    return sum(jnp.sum(f, axis=-1) for f in vm_pair_features(planes, lines, xyz_n, variant, out_dtype))
+    return sum(jnp.sum(f, axis=-1) for f in vm_pair_features(planes, lines, xyz_n, variant, out_dtype, sizes))
 
 
-def cp_features(lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None) -> jax.Array:
-    """CP component products ``line_0 * line_1 * line_2`` -> (..., R)."""
+def cp_features(lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None, sizes=None) -> jax.Array:
+    """CP component products ``line_0 * line_1 * line_2`` -> (..., R) (``sizes`` as in
+    :func:`vm_pair_features`)."""
     if variant == "pairs":
         variant = "flat"  # CP has no plane/line pairs to stack
     if variant == "gather":
         flat = xyz_n.reshape(-1, 3)
         out = None
         for k in range(3):
-            v = _gather_line(lines[k], flat[:, VEC_MODE[k]])
+            v = _gather_line(lines[k], flat[:, VEC_MODE[k]], _line_extent(sizes, k))
             if out_dtype is not None:
                 v = v.astype(out_dtype)
             out = v if out is None else out * v
@@ -264,7 +292,7 @@ def cp_features(lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None) 
     def point(p):
         out = None
         for k in range(3):
-            v = _linear_point(lines[k], p[VEC_MODE[k]])
+            v = _linear_point(lines[k], p[VEC_MODE[k]], _line_extent(sizes, k))
             if out_dtype is not None:
                 v = v.astype(out_dtype)
             out = v if out is None else out * v
@@ -301,12 +329,14 @@ def cp_density_grid(lines, out_dtype=None) -> jax.Array:
     return jnp.einsum("xr,yr,zr->xyz", lx, ly, lz, precision=dot_precision(lx.dtype))
 
 
-def trilinear(grid: jax.Array, xyz_n: jax.Array) -> jax.Array:
+def trilinear(grid: jax.Array, xyz_n: jax.Array, sizes=None) -> jax.Array:
     """Trilinear lookup of a scalar grid ``(X, Y, Z)`` at normalised points (..., 3) in [-1, 1]
-    (``grid_sample`` 3-D, align_corners=True, zero padding): 8 corner gathers per point."""
+    (``grid_sample`` 3-D, align_corners=True, zero padding): 8 corner gathers per point.
+    ``sizes``: the active [X, Y, Z] of a zero-padded grid."""
     X, Y, Z = grid.shape
+    active = (X, Y, Z) if sizes is None else (sizes[0], sizes[1], sizes[2])
     flat_xyz = xyz_n.reshape(-1, 3)
-    cx, cy, cz = (_line_corners(n, flat_xyz[:, i]) for i, n in enumerate((X, Y, Z)))
+    cx, cy, cz = (_line_corners(n, flat_xyz[:, i]) for i, n in enumerate(active))
     idx, wts = [], []
     for ix, wx in cx:
         for iy, wy in cy:
@@ -319,7 +349,7 @@ def trilinear(grid: jax.Array, xyz_n: jax.Array) -> jax.Array:
     return out.reshape(xyz_n.shape[:-1])
 
 
-def dense_density_feature(grid: dict, model: str, xyz_n: jax.Array, out_dtype=None) -> jax.Array:
+def dense_density_feature(grid: dict, model: str, xyz_n: jax.Array, out_dtype=None, sizes=None) -> jax.Array:
     """The density feature through the recomposed grid: equal to the factored lookup (a bilinear
     plane value times a linear line value is the trilinear interpolant of their vertex products),
     up to float rounding. Per point it gathers 8 scalars instead of 18 rows of components (VM), so
@@ -329,7 +359,7 @@ def dense_density_feature(grid: dict, model: str, xyz_n: jax.Array, out_dtype=No
         dense = vm_density_grid(grid["planes"], grid["lines"], out_dtype)
     else:
         dense = cp_density_grid(grid["lines"], out_dtype)
-    return trilinear(dense, xyz_n)
+    return trilinear(dense, xyz_n, sizes)
 
 
 def feature2density(feature: jax.Array, shift: float, act: str) -> jax.Array:

@@ -38,6 +38,11 @@ class FieldState:
     step_size: jax.Array  # () float32
     mask: jax.Array  # (Z, Y, X) bool; a 2x2x2 all-True mask means "no mask"
     mask_aabb: jax.Array  # (2, 3) float32
+    grid_size: Optional[jax.Array] = None
+    """(3,) int32 active [X, Y, Z] when the planes and lines are zero-padded buffers (static-shape
+    training, :mod:`jax_tensorf.static_grid`); None: the arrays are the grid."""
+    mask_size: Optional[jax.Array] = None
+    """(3,) int32 active [X, Y, Z] of a mask stored in a larger all-False buffer; None: the array."""
 
 
 def init_params(key: jax.Array, cfg: FieldConfig, grid_size: Sequence[int]) -> dict:
@@ -68,63 +73,72 @@ def _cast(tree, dtype):
 
 
 def density_at(
-    params, cfg: FieldConfig, aabb, xyz_world, variant: str = "flat", policy: Policy = FP32, lookup: str = "factored"
+    params, cfg: FieldConfig, aabb, xyz_world, variant: str = "flat", policy: Policy = FP32, lookup: str = "factored",
+    sizes=None,
 ):
     """sigma at world points (..., 3) (official ``compute_densityfeature`` + ``feature2density``).
     Coordinates stay float32; the lookups and products follow the precision ``policy``. ``lookup``:
     ``factored`` (per-point plane and line lookups, vectorised by ``variant``) or ``dense`` (through
-    the recomposed grid, :func:`jax_tensorf.fields.dense_density_feature`; same values)."""
+    the recomposed grid, :func:`jax_tensorf.fields.dense_density_feature`; same values). ``sizes``:
+    the active grid size of zero-padded grids (:attr:`FieldState.grid_size`)."""
     xyz_n = normalize_coord(xyz_world, aabb)
     grid = _cast(params["density"], policy.grid)
     fd = policy.features or jnp.float32
     if lookup == "dense":
-        feat = fields.dense_density_feature(grid, cfg.model, xyz_n, fd)
+        feat = fields.dense_density_feature(grid, cfg.model, xyz_n, fd, sizes)
     elif lookup != "factored":
         raise ConfigError(f"render.density_lookup: unknown {lookup!r}; choose factored or dense")
     elif cfg.model == "VM":
-        feat = fields.vm_density_feature(grid["planes"], grid["lines"], xyz_n, variant, fd)
+        feat = fields.vm_density_feature(grid["planes"], grid["lines"], xyz_n, variant, fd, sizes)
     else:
-        feat = jnp.sum(fields.cp_features(grid["lines"], xyz_n, variant, fd), axis=-1)
+        feat = jnp.sum(fields.cp_features(grid["lines"], xyz_n, variant, fd, sizes), axis=-1)
     return fields.feature2density(feat.astype(jnp.float32), cfg.density_shift, cfg.fea2dense_act)
 
 
-def app_features_at(params, cfg: FieldConfig, aabb, xyz_world, variant: str = "flat", policy: Policy = FP32):
+def app_features_at(
+    params, cfg: FieldConfig, aabb, xyz_world, variant: str = "flat", policy: Policy = FP32, sizes=None
+):
     """Appearance features after the basis matrix, (..., app_dim), in the policy's feature dtype."""
     xyz_n = normalize_coord(xyz_world, aabb)
     grid = _cast(params["app"], policy.grid)
     fd = policy.features or jnp.float32
     if cfg.model == "VM":
-        feat = fields.vm_features(grid["planes"], grid["lines"], xyz_n, variant, fd)
+        feat = fields.vm_features(grid["planes"], grid["lines"], xyz_n, variant, fd, sizes)
     else:
-        feat = fields.cp_features(grid["lines"], xyz_n, variant, fd)
+        feat = fields.cp_features(grid["lines"], xyz_n, variant, fd, sizes)
     return jnp.matmul(feat, params["basis_mat"]["kernel"].astype(fd), precision=dot_precision(fd))
 
 
-def rgb_at(params, cfg: FieldConfig, aabb, xyz_world, viewdirs, variant: str = "flat", policy: Policy = FP32):
+def rgb_at(
+    params, cfg: FieldConfig, aabb, xyz_world, viewdirs, variant: str = "flat", policy: Policy = FP32, sizes=None
+):
     """Colour at world points seen along ``viewdirs`` (P, 3); float32 out."""
-    feat = app_features_at(params, cfg, aabb, xyz_world, variant, policy)
+    feat = app_features_at(params, cfg, aabb, xyz_world, variant, policy, sizes)
     pts_n = normalize_coord(xyz_world, aabb)
     return apply_render(cfg, params.get("render", {}), pts_n, viewdirs, feat, policy.mlp).astype(jnp.float32)
 
 
 def render_model(
     params, state: FieldState, rays_o, rays_d, jitter=None, key=None, ray_offset=0, *, cfg, opts, variant="flat",
-    policy=FP32,
+    policy=FP32, n_active=None,
 ):
     """Render rays with a model's parameters and state: the field, the decoder and the mask wired
-    into :func:`jax_tensorf.rendering.render_rays` (the one place that does this)."""
+    into :func:`jax_tensorf.rendering.render_rays` (the one place that does this). ``n_active``:
+    samples per ray in use when ``opts.n_samples`` is a fixed upper bound (a traced count)."""
+    sizes = state.grid_size
     return render_rays(
         rays_o,
         rays_d,
         state.aabb,
         state.step_size,
-        lambda x: density_at(params, cfg, state.aabb, x, variant, policy, opts.density_lookup),
-        lambda x, d: rgb_at(params, cfg, state.aabb, x, d, variant, policy),
-        lambda x: am.query_alpha_mask(state.mask, state.mask_aabb, x),
+        lambda x: density_at(params, cfg, state.aabb, x, variant, policy, opts.density_lookup, sizes),
+        lambda x, d: rgb_at(params, cfg, state.aabb, x, d, variant, policy, sizes),
+        lambda x: am.query_alpha_mask(state.mask, state.mask_aabb, x, state.mask_size),
         opts,
         jitter,
         key,
         ray_offset,
+        n_active,
     )
 
 
@@ -138,7 +152,7 @@ def render(params, state: FieldState, rays_o, rays_d, jitter=None, key=None, *, 
 def _rays_hit_mask(o, d, s, *, near: float, far: float, n_samples: int):
     """One compiled mask test per (chunk, mask shape); module level, so that the many host chunks
     of a ray filter reuse it (a jit of a fresh lambda per call recompiled every call)."""
-    return am.rays_hit_mask(o, d, s.aabb, near, far, s.step_size, s.mask, s.mask_aabb, n_samples)
+    return am.rays_hit_mask(o, d, s.aabb, near, far, s.step_size, s.mask, s.mask_aabb, n_samples, s.mask_size)
 
 
 @functools.lru_cache(maxsize=None)
@@ -168,6 +182,9 @@ class TensoRF:
     near_far: tuple[float, float]
     white_bg: bool = True
     mask_grid_size: Optional[list[int]] = None  # resolution of the current alpha mask, None = no mask
+    active_size: Optional[list[int]] = None
+    """[X, Y, Z] of the grid when the planes and lines are zero-padded buffers (static-shape
+    training; ``state.grid_size`` holds it on the device); None: the arrays are the grid."""
     _compiled_renders: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
     _eval_caps: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
     mesh: Any = dataclasses.field(default=None, repr=False, compare=False)
@@ -195,7 +212,22 @@ class TensoRF:
     # ------------------------------------------------------------------ geometry
     @property
     def grid_size(self) -> list[int]:
+        if self.active_size is not None:
+            return list(self.active_size)
         return fields.grid_size_of(self.params["density"])
+
+    def exact(self) -> "TensoRF":
+        """This model with exact-size arrays (the active part of static-shape buffers), for
+        evaluation, checkpoints and conversion; the model itself when it has no buffers."""
+        if self.active_size is None:
+            return self
+        from .static_grid import map_grids, slice_grid
+
+        params = map_grids(self.params, lambda g: slice_grid(g, self.active_size))
+        X, Y, Z = (int(v) for v in np.asarray(self.state.mask_size))
+        state = FieldState(self.state.aabb, self.state.step_size, self.state.mask[:Z, :Y, :X], self.state.mask_aabb)
+        return TensoRF(self.field_cfg, self.render_cfg, params, state, self.near_far, self.white_bg,
+                       None if self.mask_grid_size is None else list(self.mask_grid_size))
 
     @property
     def aabb(self) -> np.ndarray:

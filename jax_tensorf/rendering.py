@@ -153,20 +153,25 @@ def render_rays(
     jitter: Optional[jax.Array] = None,
     key: Optional[jax.Array] = None,
     ray_offset=0,
+    n_active=None,
 ):
     """Render a batch of rays. Returns a dict with ``rgb`` (R,3), ``acc`` (R,), optionally ``depth``,
     and ``stats`` (overflow counts, valid and appearance sample counts).
 
     ``jitter`` is one offset per ray (training) or None (evaluation). ``key`` drives the ``sample``
     strategy only (per-ray keys: ``fold_in(key, ray_offset + i)``, so a batch split across devices
-    draws what the whole batch would).
+    draws what the whole batch would). ``n_active`` (a traced count <= ``opts.n_samples``): only the
+    first ``n_active`` samples of each ray exist, the last of them with the official zero interval,
+    as if ``opts.n_samples`` were ``n_active`` (static-shape training).
     """
     if opts.sample_capacity is not None and opts.appearance in ("all", "threshold"):
-        return _render_packed(rays_o, rays_d, aabb, step_size, density_fn, app_fn, mask_fn, opts, jitter)
+        return _render_packed(rays_o, rays_d, aabb, step_size, density_fn, app_fn, mask_fn, opts, jitter, n_active)
     R, N = rays_o.shape[0], opts.n_samples
     z_vals, xyz, valid = sample_ray(rays_o, rays_d, aabb, opts.near, opts.far, step_size, N, jitter)
     if mask_fn is not None:
         valid = valid & mask_fn(xyz)
+    if n_active is not None:
+        valid = valid & (jnp.arange(N)[None, :] < n_active)
     dirs = rays_d  # official: the (unit) ray directions are the view directions
     stats = {"valid_samples": jnp.sum(valid, dtype=jnp.int32)}
 
@@ -185,7 +190,10 @@ def render_rays(
         stats["sample_overflow"] = jnp.maximum(count - opts.sample_capacity, 0)
     sigma = sigma.reshape(R, N).astype(jnp.float32)
 
-    _, weights, t_last = raw2alpha(sigma, sample_dists(z_vals) * opts.distance_scale)
+    dists = sample_dists(z_vals)
+    if n_active is not None:  # the last existing sample gets the official zero interval
+        dists = jnp.where(jnp.arange(N)[None, :] == n_active - 1, 0.0, dists)
+    _, weights, t_last = raw2alpha(sigma, dists * opts.distance_scale)
     acc = jnp.sum(weights, axis=-1)
     rgb_map = _appearance(weights, t_last, xyz, dirs, valid, packed, app_fn, opts, key, stats, ray_offset)
 
@@ -215,7 +223,8 @@ def segmented_cumprod(x: jax.Array, starts: jax.Array) -> jax.Array:
     return jax.lax.associative_scan(combine, (x, starts))[0]
 
 
-def _render_packed(rays_o, rays_d, aabb, step_size, density_fn, app_fn, mask_fn, opts: RenderOptions, jitter):
+def _render_packed(rays_o, rays_d, aabb, step_size, density_fn, app_fn, mask_fn, opts: RenderOptions, jitter,
+                   n_active=None):
     """``render_rays`` on the valid samples only, for the ``all`` and ``threshold`` strategies.
 
     A sample outside the box or the mask has sigma 0, so alpha 0 and a transmittance factor
@@ -230,6 +239,8 @@ def _render_packed(rays_o, rays_d, aabb, step_size, density_fn, app_fn, mask_fn,
     z_vals, xyz, valid = sample_ray(rays_o, rays_d, aabb, opts.near, opts.far, step_size, N, jitter)
     if mask_fn is not None:
         valid = valid & mask_fn(xyz)
+    if n_active is not None:
+        valid = valid & (jnp.arange(N)[None, :] < n_active)
     idx, ok, count = compact(valid.reshape(R * N), opts.sample_capacity)
     stats = {
         "valid_samples": count,
@@ -242,7 +253,8 @@ def _render_packed(rays_o, rays_d, aabb, step_size, density_fn, app_fn, mask_fn,
     offset = i.astype(rays_o.dtype) if jitter is None else i.astype(rays_o.dtype) + jitter[ray_c]
     z = t_min[ray_c] + step_size * offset
     z_next = t_min[ray_c] + step_size * (offset + 1.0)
-    dist = jnp.where(i < N - 1, z_next - z, 0.0)  # the official last interval is 0
+    last = N - 1 if n_active is None else n_active - 1
+    dist = jnp.where(i < last, z_next - z, 0.0)  # the official last interval is 0
     o, d = rays_o[ray_c], rays_d[ray_c]
     pts = o + d * z[:, None]
     sigma = jnp.where(ok, density_fn(pts), 0.0).astype(jnp.float32)

@@ -71,7 +71,8 @@ def train_run(
         trainer = Trainer(cfg, dataset, out_dir=out_dir, log=log, progress=progress)
     trainer.run(on_log=on_log)
     trainer.save_checkpoint(ckpt)
-    save_model(trainer.model, out_dir / "model.npz", cfg)
+    model = trainer.model.exact()  # static-shape runs train in padded buffers
+    save_model(model, out_dir / "model.npz", cfg)
 
     summary = {
         "framework": "jax",
@@ -100,7 +101,7 @@ def train_run(
         release_host_memory()
         test = dataset["test"]
         results, render_s = evaluate_split(
-            trainer.model, test, out_dir / "eval", eval_views(test, cfg), lpips=lpips
+            model, test, out_dir / "eval", eval_views(test, cfg), lpips=lpips
         )
         summary["eval"] = results.to_json_dict()
         summary["eval_render_seconds"] = round(render_s, 3)

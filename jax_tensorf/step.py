@@ -63,24 +63,28 @@ def loss_terms(
 ):
     """Total loss and its parts: MSE on colour plus the weighted regularisers. ``jitter`` (one
     offset per ray) is drawn from ``key`` unless given (parity tests pass the torch side's).
-    ``ray_offset`` is the index of the first ray of this batch in the whole batch (data parallel)."""
+    ``ray_offset`` is the index of the first ray of this batch in the whole batch (data parallel).
+    ``hyper`` holds the traced rates and weights, and (static-shape training) ``n_samples``, the
+    samples per ray in use."""
     k_jitter, k_app = jax.random.split(key)
     if jitter is None:
         jitter = per_ray_jitter(k_jitter, rays_o.shape[0], ray_offset)
     out = render_model(
-        params, state, rays_o, rays_d, jitter, k_app, ray_offset, cfg=cfg, opts=opts, variant=variant, policy=policy
+        params, state, rays_o, rays_d, jitter, k_app, ray_offset, cfg=cfg, opts=opts, variant=variant, policy=policy,
+        n_active=hyper.get("n_samples"),
     )
+    sizes = state.grid_size
     mse = jnp.mean((out["rgb"] - rgb) ** 2)
     total = mse
     parts = {"mse": mse}
     if reg.l1:
-        parts["l1"] = density_l1(params["density"])
+        parts["l1"] = density_l1(params["density"], sizes)
         total = total + hyper["l1"] * parts["l1"]
     if reg.tv_density:
-        parts["tv_density"] = tv_loss(params["density"])
+        parts["tv_density"] = tv_loss(params["density"], sizes)
         total = total + hyper["tv_density"] * parts["tv_density"]
     if reg.tv_app:
-        parts["tv_app"] = tv_loss(params["app"])
+        parts["tv_app"] = tv_loss(params["app"], sizes)
         total = total + hyper["tv_app"] * parts["tv_app"]
     if reg.ortho:
         parts["ortho"] = ortho_loss(params["density"]["lines"]) + ortho_loss(params["app"]["lines"])

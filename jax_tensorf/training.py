@@ -35,6 +35,7 @@ from tensorf_common.schedule import Schedule, SchedulePosition
 
 from . import alpha_mask as am
 from . import checkpoint as ckpt
+from . import static_grid as sg
 from .model import TensoRF
 from .precision import policy_from_config
 from .rendering import bucket_capacity
@@ -60,8 +61,15 @@ class StepShape:
     """The static shapes of the compiled step: samples per ray and the compaction capacities."""
 
     n_samples: int = 0
+    """Samples per ray of the compiled step (static-shape training: an upper bound)."""
     sample_capacity: Optional[int] = None
     app_capacity: Optional[int] = None
+    n_active: Optional[int] = None
+    """Static-shape training: the samples per ray in use (a traced input of the step)."""
+
+    @property
+    def samples_in_use(self) -> int:
+        return self.n_samples if self.n_active is None else self.n_active
 
 
 @dataclasses.dataclass
@@ -177,16 +185,92 @@ class Trainer:
         if hull is not None and tc.carve_as_mask:
             occ, hull_box = hull
             self.model.set_mask(np.ascontiguousarray(np.transpose(occ, (2, 1, 0))), hull_box)
+        self.shape.n_samples = train_n_samples(reso, self.cfg.render.step_ratio, self.cfg.render.max_samples)
+        if tc.static_shapes:
+            self._to_static(sg.buffer_size(tc, aabb))
         self.opt_state = init_optimizer_state(self.adam, self.model.params, self.policy)
         self.sampler = BatchSampler(split.n_rays, tc.batch_size, tc.seed)
         if tc.ray_filter:
             keep = self._filter_rays_by_box(split, self.model.aabb, ray_box_hit)
             self.sampler.restrict(keep)
             self.events.append({"event": "ray_filter_box", "kept": int(self.sampler.pool_size), "of": split.n_rays})
-        self.shape.n_samples = train_n_samples(reso, self.cfg.render.step_ratio, self.cfg.render.max_samples)
         self._set_capacities(initial=True)
-        release_host_memory()
+        release_host_memory(clear_caches=not tc.static_shapes)
         self.setup_seconds = time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ static shapes
+    def _to_static(self, buf, mask_buf=None) -> None:
+        """Move the model into zero-padded buffers of [X, Y, Z] = ``buf`` (the mask into
+        ``mask_buf``, by default at least ``buf``) with the active sizes as traced values, and make
+        the samples per ray a static bound (:mod:`jax_tensorf.static_grid`)."""
+        m, sh, rc = self.model, self.shape, self.cfg.render
+        reso = list(m.grid_size)
+        mask_active = list(m.mask_grid_size or m.state.mask.shape[::-1])
+        mask_buf = list(mask_buf or [max(b, a) for b, a in zip(buf, mask_active)])
+        m.params = sg.map_grids(m.params, lambda g: sg.pad_grid(g, buf))
+        m.active_size = reso
+        m.state = m.state.replace(
+            grid_size=sg.as_size(reso), mask=sg.pad_mask(m.state.mask, mask_buf), mask_size=sg.as_size(mask_active)
+        )
+        self.buf, self.mask_buf = list(buf), mask_buf
+        if sh.n_active is None:
+            sh.n_active = sh.n_samples
+        largest = n_to_reso(max(self.tc.n_voxel_init, self.tc.n_voxel_final), m.aabb)
+        bound = train_n_samples(largest, rc.step_ratio, rc.max_samples)
+        sh.n_samples = max(sh.n_active, _round_up(int(1.1 * bound), 32))
+
+    def _static_resize(self, reso) -> None:
+        """Static shapes: resample the grids into the same buffers (a grid that outgrows them moves
+        into larger ones, and the step compiles again)."""
+        m, sh, rc = self.model, self.shape, self.cfg.render
+        if not sg.fits(reso, self.buf):
+            exact = sg.map_grids(m.params, lambda g: sg.slice_grid(g, m.grid_size))
+            self.opt_state = map_adam_moments(self.opt_state, lambda g: sg.slice_grid(g, m.grid_size))
+            self.buf = [max(b, int(np.ceil(sg.HEADROOM * r))) for b, r in zip(self.buf, reso)]
+            self.mask_buf = [max(b, x) for b, x in zip(self.mask_buf, self.buf)]
+            m.params = sg.map_grids(exact, lambda g: sg.pad_grid(g, self.buf))
+            self.opt_state = map_adam_moments(self.opt_state, lambda g: sg.pad_grid(g, self.buf))
+            X, Y, Z = m.mask_grid_size or m.state.mask.shape[::-1]
+            m.state = m.state.replace(mask=sg.pad_mask(m.state.mask[:Z, :Y, :X], self.mask_buf))
+            self.log(f"step {self.pos.step}: grid {list(reso)} outgrew the buffers; now {self.buf}")
+        old = sg.as_size(m.grid_size)
+        new = sg.as_size(reso)
+        m.params = sg.map_grids(m.params, lambda g: sg.resample_grid(g, old, new))
+        if self.tc.optimizer_on_upsample == "resize":
+            self.opt_state = map_adam_moments(self.opt_state, lambda g: sg.resample_grid(g, old, new))
+        m.active_size = list(reso)
+        m.state = m.state.replace(grid_size=new)
+        m._set_grid_geometry(m.aabb)
+        sh.n_active = train_n_samples(reso, rc.step_ratio, rc.max_samples)
+        if sh.n_active > sh.n_samples:
+            sh.n_samples = _round_up(int(1.1 * sh.n_active), 32)
+
+    def _static_alpha_mask(self, reso) -> Optional[np.ndarray]:
+        """Static shapes: :meth:`TensoRF.update_alpha_mask` inside the mask buffer."""
+        m = self.model
+        mask, any_set, first, last = sg.dense_alpha_mask(
+            m.params, m.state, sg.as_size(reso), jnp.float32(m.step_size), cfg=self.cfg.field,
+            mask_buf=tuple(self.mask_buf), slab=sg.mask_slab(self.mask_buf), thres=self.cfg.render.alpha_mask_thres,
+            use_mask=m.has_mask(),
+        )
+        if not bool(any_set):
+            return None
+        new_aabb = sg.mask_box(m.aabb, reso, np.asarray(first), np.asarray(last))
+        m.state = m.state.replace(mask=mask, mask_aabb=jnp.asarray(m.aabb, jnp.float32), mask_size=sg.as_size(reso))
+        m.mask_grid_size = list(reso)
+        return new_aabb
+
+    def _static_shrink(self, new_aabb) -> None:
+        """Static shapes: :meth:`TensoRF.shrink` (and Adam's moments) inside the buffers."""
+        m = self.model
+        t_l, _, aabb_after, grid_after = am.shrink_box(m.aabb, m.grid_size, new_aabb, m.mask_grid_size)
+        start, size = sg.as_size(t_l), sg.as_size(grid_after)
+        crop = lambda g: sg.crop_grid(g, start, size)  # noqa: E731
+        m.params = sg.map_grids(m.params, crop)
+        self.opt_state = map_adam_moments(self.opt_state, crop)
+        m.active_size = list(grid_after)
+        m.state = m.state.replace(grid_size=size)
+        m._set_grid_geometry(aabb_after)
 
     @staticmethod
     def _filter_rays_by_box(split, aabb, ray_box_hit, chunk: int = 1 << 18) -> np.ndarray:
@@ -203,29 +287,36 @@ class Trainer:
         (the valid-sample count depends on the scene and the mask, so it is measured, not assumed)."""
         rc, B, N, sh = self.cfg.render, self.tc.batch_size, self.shape.n_samples, self.shape
         total = B * N
+        static = self.tc.static_shapes
         if rc.sample_capacity is None:
             sh.sample_capacity = None
         else:
             probe = self._probe_valid_samples()
+            if static:  # sized for the finest grid: valid samples grow as the step shrinks
+                probe = probe * N / sh.samples_in_use
             want = max(int(rc.sample_capacity * total), int(probe * 1.2))
+            if static and not initial and sh.sample_capacity is not None:
+                want = max(want, sh.sample_capacity)  # static shapes: capacities only grow
             sh.sample_capacity = _round_cap(want, total)
         if rc.appearance == "threshold" and rc.app_capacity is not None:
             # appearance samples are a subset of the valid ones: the sample capacity bounds them
             limit = sh.sample_capacity or total
-            recent = [p.app_fraction for p in self.history[-3:] if p.n_samples == N]
+            recent = [p.app_fraction for p in self.history[-3:] if p.n_samples == sh.samples_in_use]
             if initial or sh.app_capacity is None:
                 want = int(rc.app_capacity * total)
             elif recent:  # size to what the last log windows needed, with room to grow
                 want = int(1.5 * max(recent) * total)
             else:
                 want = int(sh.app_capacity)
+            if static and not initial and sh.app_capacity is not None:
+                want = max(want, sh.app_capacity)
             sh.app_capacity = _round_cap(min(want, limit), limit)
         else:
             sh.app_capacity = None
 
     def _probe_valid_samples(self, n_batches: int = 4) -> int:
         """The largest number of valid samples (in box and mask) over a few upcoming-like batches."""
-        m, N = self.model, self.shape.n_samples
+        m, N = self.model, self.shape.samples_in_use
         rng = np.random.default_rng(self.tc.seed + 7919 * (self.pos.step + 1))
         pool = self.sampler.pool_size
         best = 0
@@ -273,7 +364,7 @@ class Trainer:
             sh.n_samples, train=True, sample_capacity=per(sh.sample_capacity), app_capacity=per(sh.app_capacity)
         )
         reg = self._reg_flags()
-        sig = (tuple(m.grid_size), tuple(m.state.mask.shape), opts, reg)
+        sig = (tuple(self.buf if self.tc.static_shapes else m.grid_size), tuple(m.state.mask.shape), opts, reg)
         if sig not in self._compiled:
             t0, hits = time.perf_counter(), compilation_cache_hits()
             args = self._step_args(np.zeros(self.tc.batch_size, np.int64))
@@ -301,7 +392,7 @@ class Trainer:
             except Exception:  # memory analysis is optional per backend
                 pass
             self.compiles.append(info)
-            release_host_memory()
+            release_host_memory(clear_caches=not self.tc.static_shapes)
             self.log(f"compiled train step #{len(self.compiles)} for grid {m.grid_size}, N={sh.n_samples} in {seconds:.1f}s")
         return self._compiled[sig]
 
@@ -331,7 +422,7 @@ class Trainer:
             "tv_density": jnp.float32(tc.tv_weight_density * tv),
             "tv_app": jnp.float32(tc.tv_weight_app * tv),
             "ortho": jnp.float32(tc.ortho_weight),
-        }
+        } | ({"n_samples": jnp.int32(self.shape.n_active)} if tc.static_shapes else {})
 
     def _step_args(self, idx: np.ndarray):
         o, d, rgb = self.train_split.batch(idx)
@@ -375,13 +466,16 @@ class Trainer:
         reso = m.grid_size
         if int(np.prod(reso)) >= tc.mask_max_voxels and m.mask_grid_size is not None:
             reso = m.mask_grid_size  # official: the mask resolution stops growing at 256^3
-        new_aabb = m.update_alpha_mask(reso)
+        new_aabb = self._static_alpha_mask(reso) if tc.static_shapes else m.update_alpha_mask(reso)
         first = p.mask_done == 0
         event = {"event": "alpha_mask", "step": p.step, "elapsed": round(p.elapsed, 2),
                  "train_seconds": round(p.train_seconds, 2), "mask": list(reso)}
         if new_aabb is None:
             event["empty"] = True
             self.log(f"step {p.step}: the alpha mask would be empty; keeping the previous mask and box")
+        elif first and tc.static_shapes:
+            self._static_shrink(new_aabb)
+            event.update(shrunk_aabb=m.aabb.tolist(), grid_size=m.grid_size)
         elif first:
             t_l, b_r, _, _ = am.shrink_box(m.aabb, m.grid_size, new_aabb, m.mask_grid_size)
             m.shrink(new_aabb)
@@ -412,19 +506,23 @@ class Trainer:
         tc, m, p = self.tc, self.model, self.pos
         reso = n_to_reso(tc.voxel_schedule()[p.upsample_done], m.aabb)
         old = m.grid_size
-        m.upsample(reso)
+        if tc.static_shapes:
+            self._static_resize(reso)
+        else:
+            m.upsample(reso)
         if tc.optimizer_on_upsample == "recreate":
             scale = self.opt_state.scale if isinstance(self.opt_state, ScaledState) else None
             self.opt_state = init_optimizer_state(self.adam, m.params, self.policy, scale)
-        else:
+        elif not tc.static_shapes:  # static shapes: resampled with the grids
             self.opt_state = map_adam_moments(
                 self.opt_state, lambda g: resize_grid_tree(g, reso, self.cfg.field.model)
             )
         self.schedule.note_upsample(p)  # the next step starts from the initial rates
-        self.shape.n_samples = train_n_samples(reso, self.cfg.render.step_ratio, self.cfg.render.max_samples)
+        if not tc.static_shapes:
+            self.shape.n_samples = train_n_samples(reso, self.cfg.render.step_ratio, self.cfg.render.max_samples)
         self.events.append({"event": "upsample", "step": p.step, "elapsed": round(p.elapsed, 2),
                             "train_seconds": round(p.train_seconds, 2), "from": old, "to": reso})
-        self.log(f"step {p.step}: upsample {old} -> {reso}, {self.shape.n_samples} samples per ray")
+        self.log(f"step {p.step}: upsample {old} -> {reso}, {self.shape.samples_in_use} samples per ray")
 
     # ------------------------------------------------------------------ main loop
     def run(self, max_steps: Optional[int] = None, on_log: Optional[Callable[[LogPoint], None]] = None) -> "Trainer":
@@ -501,7 +599,7 @@ class Trainer:
             )
         mse = float(np.mean([m["mse"] for m in host]))
         p, m, sh = self.pos, self.model, self.shape
-        total_samples = self.tc.batch_size * sh.n_samples
+        total_samples = self.tc.batch_size * sh.samples_in_use
         point = LogPoint(
             step=p.step,
             elapsed=round(p.elapsed, 3),
@@ -509,7 +607,7 @@ class Trainer:
             psnr=float(-10.0 * np.log10(max(mse, 1e-12))),
             lr_grid=float(self.schedule.learning_rates(p)[0]),
             rays_per_s=float(self.tc.batch_size * len(host) / max(seconds, 1e-9)),
-            n_samples=sh.n_samples,
+            n_samples=sh.samples_in_use,
             grid_size=list(m.grid_size),
             sample_overflow=int(max(int(x["sample_overflow"]) for x in host)),
             app_overflow=int(max(int(x["app_overflow"]) for x in host)),
@@ -530,8 +628,10 @@ class Trainer:
     def state_dict(self) -> dict:
         """Everything a resumed run needs: ``{"arrays": {name: np.ndarray}, "meta": {...}}`` (the
         model, Adam's state, the sampler, the schedule position and the run's logs)."""
-        arrays = ckpt.model_arrays(self.model)
+        arrays = ckpt.model_arrays(self.model.exact())
         opt = self.opt_state
+        if self.tc.static_shapes:  # checkpoints hold exact-size arrays
+            opt = map_adam_moments(opt, lambda g: sg.slice_grid(g, self.model.grid_size))
         if isinstance(opt, ScaledState):
             arrays["opt/loss_scale"] = np.asarray(opt.scale.scale)
             arrays["opt/loss_scale_fin_steps"] = np.asarray(opt.scale.fin_steps)
@@ -543,7 +643,9 @@ class Trainer:
         bits = sampler.pop("pool_bits")
         if bits is not None:
             arrays["sampler/pool_bits"] = np.asarray(bits)
-        meta = ckpt.model_meta(self.model, self.cfg)
+        meta = ckpt.model_meta(self.model.exact(), self.cfg)
+        if self.tc.static_shapes:
+            meta["static_buffers"] = {"grid": self.buf, "mask": self.mask_buf}
         meta.update(
             kind="trainer",
             schedule=dataclasses.asdict(self.pos),
@@ -583,6 +685,13 @@ class Trainer:
         self.model = model
         model.mesh = self.mesh
         self.opt_state = self._optimizer_from_arrays(arrays, where)
+        if cfg.train.static_shapes:
+            try:
+                bufs = meta["static_buffers"]
+                self._to_static(bufs["grid"], bufs["mask"])
+            except (KeyError, TypeError):
+                raise CheckpointError(f"{where}: '__meta__' has no valid 'static_buffers' for a static-shape run") from None
+            self.opt_state = map_adam_moments(self.opt_state, lambda g: sg.pad_grid(g, self.buf))
         sampler_state["pool_bits"] = arrays.get("sampler/pool_bits")
         sampler = BatchSampler(self.train_split.n_rays, cfg.train.batch_size, cfg.train.seed)
         try:
@@ -642,7 +751,11 @@ def _probe_fn(near: float, far: float, n_samples: int):
     @jax.jit
     def fn(state, o, d, jitter):
         _, xyz, valid = sample_ray(o, d, state.aabb, near, far, state.step_size, n_samples, jitter)
-        valid = valid & am.query_alpha_mask(state.mask, state.mask_aabb, xyz)
+        valid = valid & am.query_alpha_mask(state.mask, state.mask_aabb, xyz, state.mask_size)
         return jnp.sum(valid)
 
     return fn
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-int(n) // multiple) * multiple

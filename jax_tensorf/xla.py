@@ -72,11 +72,14 @@ def device_peak_bytes() -> dict[str, int]:
     return {"device_peak_bytes": int(stats["peak_bytes_in_use"])} if "peak_bytes_in_use" in stats else {}
 
 
-def release_host_memory() -> None:
-    """Drop JAX's compiled-executable caches, then return freed heap pages to the OS (see the module
-    docstring). Costs a recompilation of any eager op or jitted helper used again; called at
-    schedule events and before evaluation, never per step."""
-    jax.clear_caches()
+def release_host_memory(clear_caches: bool = True) -> None:
+    """Drop JAX's compiled-executable caches (CPU backend only, and only with ``clear_caches``),
+    then return freed heap pages to the OS (see the module docstring). Costs a recompilation of any
+    eager op or jitted helper used again; called at schedule events and before evaluation, never
+    per step. On accelerators the executables are kept: host memory is not what is short there,
+    and recompiling helpers would stall the run."""
+    if clear_caches and jax.default_backend() == "cpu":
+        jax.clear_caches()
     release_memory()
 
 

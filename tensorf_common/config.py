@@ -412,14 +412,16 @@ def _cpu() -> ExperimentConfig:
 def _gpu() -> ExperimentConfig:
     """Sized for one H100/H200 and a wall-clock budget: the cpu preset (data-derived box, initial
     mask, budget-fraction schedule) at the official batch (4096) and grid sizes (128^3 -> 300^3)
-    with top-32 appearance. Not tuned on a GPU yet: a starting point, recorded as such in reports."""
+    with top-32 appearance, and static shapes (one compilation per run: on a GPU the step's
+    compilations cost more than the early steps the buffers slow down). Not tuned on a GPU yet: a
+    starting point, recorded as such in reports."""
     official, cpu = TrainConfig(), _cpu()
     return dataclasses.replace(
         cpu,
         render=dataclasses.replace(cpu.render, topk=32),
         train=dataclasses.replace(
             cpu.train, batch_size=official.batch_size, n_iters=1_000_000,
-            n_voxel_init=official.n_voxel_init, n_voxel_final=official.n_voxel_final,
+            n_voxel_init=official.n_voxel_init, n_voxel_final=official.n_voxel_final, static_shapes=True,
         ),
     )
 
