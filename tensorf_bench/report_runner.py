@@ -15,7 +15,7 @@
    each process's peak memory is its own;
 5. ``parity``: ``tensorf-bench parity`` when this checkout has that command ("not available" otherwise);
 
-then builds ``index.md``, ``index.html``, ``results.json`` and CSV files (:mod:`tensorf_common.report.build`).
+then builds ``index.md``, ``index.html``, ``results.json`` and CSV files (:mod:`tensorf_bench.report.build`).
 
 Each stage writes ``RUN_DIR/stages/<name>.json`` atomically when it ends, with its status (ok, failed,
 skipped), its one-line error and its data. ``--resume RUN_DIR`` skips the stages recorded as ok and
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from tensorf_common.errors import TensorfBenchError
-from tensorf_common.report.io import (
+from tensorf_bench.report.io import (
     StageRecord,
     atomic_write_json,
     one_line,
@@ -55,7 +55,7 @@ from tensorf_common.report.io import (
     read_stages,
     write_stage,
 )
-from tensorf_common.report.presets import QualitySpec, ReportPreset, preset_to_json
+from tensorf_bench.report.presets import QualitySpec, ReportPreset, preset_to_json
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PROGRESS_PREFIX = "@@progress "
@@ -305,7 +305,7 @@ class Context:
 
 
 def stage_machine(ctx: Context):
-    from tensorf_common.report.machine import machine_info
+    from tensorf_bench.report.machine import machine_info
 
     ctx.progress.update(text="collecting")
     info = machine_info(REPO_ROOT)
@@ -398,7 +398,7 @@ def run_benchmarks(json_path: Path, outcomes_path: Path, log_path: Path, size: s
     # default backend); the other groups run on the first device as before
     env.setdefault("JAX_NUM_CPU_DEVICES", "4")
     rc, tail = run_child(bench_command(json_path, extra_args), log_path, env=env, timeout_s=timeout_s, on_line=on_line)
-    from tensorf_common.report.results import benchmark_problems, read_outcomes
+    from tensorf_bench.report.results import benchmark_problems, read_outcomes
 
     problems = benchmark_problems(read_outcomes(outcomes_path))
     failed = [p for p in problems if p["outcome"] == "failed"]
@@ -614,7 +614,7 @@ class ReportRun:
                 prog.end_stage(f"  {mark} {s.name}: {status} in {_fmt_minutes(rec.seconds)}" + (f" — {error}" if error else ""))
             prog.start_stage("build", 15)
             prog.update(text="tables, plots and pages")
-            from tensorf_common.report.build import build_report
+            from tensorf_bench.report.build import build_report
 
             meta = read_json(self.run_dir / REPORT_JSON, {})
             meta["load_end"] = _loadavg()

@@ -1,4 +1,4 @@
-"""tensorf_common.report on small fake results: tables with the best value in bold, plots written,
+"""tensorf_bench.report on small fake results: tables with the best value in bold, plots written,
 a self-contained HTML page, results.json / CSV, the generated summary, failures listed."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tensorf_common.report import tables
-from tensorf_common.report.build import build_report, collect
-from tensorf_common.report.io import StageRecord, atomic_write_json, read_stages, write_stage
-from tensorf_common.report.results import benchmark_rows
+from tensorf_bench.report import tables
+from tensorf_bench.report.build import build_report, collect
+from tensorf_bench.report.io import StageRecord, atomic_write_json, read_stages, write_stage
+from tensorf_bench.report.results import benchmark_rows
 
 
 def _bench(group, name, median, **extra):
@@ -259,7 +259,7 @@ def test_collect_orders_quality_runs_as_the_preset(tmp_path):
 
 
 def test_quality_table_shows_gpu_peak_only_when_a_run_has_one():
-    from tensorf_common.report.tables import quality_table
+    from tensorf_bench.report.tables import quality_table
 
     cpu = [{"label": "JAX topk-16", "framework": "jax", "rays_per_s": 9000.0, "peak_rss_bytes": 2 << 30}]
     assert "device_peak_bytes" not in [c.key for c in quality_table(cpu).columns]
@@ -270,7 +270,7 @@ def test_quality_table_shows_gpu_peak_only_when_a_run_has_one():
 
 
 def test_official_settings_sentences_rank_and_pair_the_dense_lookup():
-    from tensorf_common.report.summary import official_sentences
+    from tensorf_bench.report.summary import official_sentences
 
     common = dict(size="full", grid="128x128x128", samples_per_ray=443, rays=4096, workload="train_step")
     rows = benchmark_rows({"benchmarks": [

@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 
 from tensorf_common.config import ConfigError, ExperimentConfig, preset as training_preset
-from tensorf_common.report.presets import REPORT_PRESETS, preset_to_json, report_preset
+from tensorf_bench.report.presets import REPORT_PRESETS, preset_to_json, report_preset
 
 
 @pytest.mark.parametrize("name", sorted(REPORT_PRESETS))

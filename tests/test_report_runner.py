@@ -13,9 +13,9 @@ import time
 import pytest
 
 from tensorf_bench import report_runner as rr
-from tensorf_common.report.compare import compare_markdown
-from tensorf_common.report.io import read_stages
-from tensorf_common.report.presets import report_preset
+from tensorf_bench.report.compare import compare_markdown
+from tensorf_bench.report.io import read_stages
+from tensorf_bench.report.presets import report_preset
 
 from test_report_build import make_fake_run
 
@@ -202,7 +202,7 @@ def test_quality_child_trains_evaluates_and_prunes(tmp_path, small_scene, framew
 def test_compare_two_runs(tmp_path):
     a = make_fake_run(tmp_path / "a")
     b = make_fake_run(tmp_path / "b", bench_scale=0.5, failed_quality="jax-all")
-    from tensorf_common.report.build import build_report
+    from tensorf_bench.report.build import build_report
 
     build_report(a)
     build_report(b)
@@ -215,7 +215,7 @@ def test_compare_two_runs(tmp_path):
 
 def test_cli_compare_and_report_errors(tmp_path, capsys):
     from tensorf_bench.cli import main
-    from tensorf_common.report.build import build_report
+    from tensorf_bench.report.build import build_report
 
     a = make_fake_run(tmp_path / "a")
     build_report(a)

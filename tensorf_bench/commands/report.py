@@ -42,9 +42,9 @@ class Bench:
 
     def run(self) -> int:
         from tensorf_bench.report_runner import run_benchmarks
-        from tensorf_common.report.io import read_json
-        from tensorf_common.report.results import benchmark_rows, benchmark_problems, read_outcomes
-        from tensorf_common.report.tables import fmt_rate, fmt_seconds
+        from tensorf_bench.report.io import read_json
+        from tensorf_bench.report.results import benchmark_rows, benchmark_problems, read_outcomes
+        from tensorf_bench.report.tables import fmt_rate, fmt_seconds
 
         out = Path(self.out or Path("runs") / f"bench-{self.size}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json").resolve()
         outcomes = out.with_suffix(".outcomes.jsonl")
@@ -72,7 +72,7 @@ class Bench:
 
 
 def _preset_names() -> str:
-    from tensorf_common.report.presets import REPORT_PRESETS
+    from tensorf_bench.report.presets import REPORT_PRESETS
 
     return ", ".join(REPORT_PRESETS)
 
@@ -112,8 +112,8 @@ class Report:
 
     def run(self) -> int:
         from tensorf_bench.report_runner import ReportError, ReportRun, default_run_id
-        from tensorf_common.report.io import read_json
-        from tensorf_common.report.presets import report_preset
+        from tensorf_bench.report.io import read_json
+        from tensorf_bench.report.presets import report_preset
 
         if self.resume is not None:
             run_dir = Path(self.resume)
@@ -162,8 +162,8 @@ class Compare:
     """Also write the markdown to this file."""
 
     def run(self) -> int:
-        from tensorf_common.report.compare import compare_markdown
-        from tensorf_common.report.io import atomic_write_text
+        from tensorf_bench.report.compare import compare_markdown
+        from tensorf_bench.report.io import atomic_write_text
 
         md = compare_markdown(self.run_a, self.run_b)
         if self.out is not None:

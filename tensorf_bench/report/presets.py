@@ -27,7 +27,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..config import THRESHOLD_APP_CAPACITY, ConfigError, ExperimentConfig, preset as training_preset
+from tensorf_common.config import THRESHOLD_APP_CAPACITY, ConfigError, ExperimentConfig, preset as training_preset
 
 
 @dataclass(frozen=True)

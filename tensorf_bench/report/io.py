@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..atomic import json_default, write_bytes, write_text
+from tensorf_common.atomic import json_default, write_bytes, write_text
 
 PathLike = Union[str, os.PathLike]
 
