@@ -41,7 +41,7 @@ class Bench:
     """Seconds before the suite is stopped."""
 
     def run(self) -> int:
-        from tensorf_bench.report_runner import run_benchmarks
+        from tensorf_bench.report_runner.stages import run_benchmarks
         from tensorf_bench.report.io import read_json
         from tensorf_bench.report.results import benchmark_rows, benchmark_problems, read_outcomes
         from tensorf_bench.report.tables import fmt_rate, fmt_seconds
@@ -111,7 +111,7 @@ class Report:
     """Show a progress bar."""
 
     def run(self) -> int:
-        from tensorf_bench.report_runner import ReportError, ReportRun, default_run_id
+        from tensorf_bench.report_runner.run import ReportError, ReportRun, default_run_id
         from tensorf_bench.report.io import read_json
         from tensorf_bench.report.presets import report_preset
 
