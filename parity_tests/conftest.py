@@ -248,7 +248,7 @@ def precision_kwargs(fn: Any, name: str = "fp32") -> dict:
 def parity_scene(tmp_path_factory: pytest.TempPathFactory):
     """The procedural scene at 32x32 (8 train views = 8192 rays, 4 test views), loaded; rendered once
     per session (the same options as ``tests/conftest.py``'s ``small_scene``)."""
-    from tensorf_common.data import load_blender
+    from tensorf_common.data.blender import load_blender
     from tensorf_common.scene import make_scene
 
     root = make_scene(tmp_path_factory.mktemp("parity") / "scene", width=32, height=32, n_train=8, n_val=4, n_test=4, seed=0)

@@ -21,7 +21,7 @@ import jax_tensorf.training as jt
 import torch_reference.training as tt
 from compare import EXACT, FP32, GRAD, PSNR, assert_close, assert_scalar_close
 from tensorf_common.config import RenderConfig, TrainConfig
-from tensorf_common.data import BatchSampler
+from tensorf_common.data.sampler import BatchSampler
 from tensorf_common.geometry import n_to_reso, train_n_samples
 from tensorf_convert.state_dict import ModelSpec, torch_to_jax
 

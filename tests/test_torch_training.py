@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tensorf_common.config import ConfigError, FieldConfig, RenderConfig, TrainConfig
-from tensorf_common.data import BatchSampler
+from tensorf_common.data.sampler import BatchSampler
 from torch_reference.checkpoint import resume
 from torch_reference.model import TensorBase
 from torch_reference.training import (

@@ -67,7 +67,7 @@ class Train:
         return dataclasses.replace(cfg, train=train)
 
     def run(self) -> int:
-        from tensorf_common.data import resolve_data_dir
+        from tensorf_common.data.scene_cache import resolve_data_dir
 
         from jax_tensorf.run import train_run
 
@@ -129,7 +129,8 @@ class Eval:
     def run(self) -> int:
         import json
 
-        from tensorf_common.data import load_blender, resolve_data_dir
+        from tensorf_common.data.blender import load_blender
+        from tensorf_common.data.scene_cache import resolve_data_dir
 
         from jax_tensorf.evaluation import evaluate_split
 
@@ -182,7 +183,8 @@ class Render:
 
         import numpy as np
 
-        from tensorf_common.data import load_blender, resolve_data_dir
+        from tensorf_common.data.blender import load_blender
+        from tensorf_common.data.scene_cache import resolve_data_dir
         from tensorf_common.images import to_uint8, write_png
 
         from jax_tensorf.evaluation import depth_to_u8, render_view
@@ -218,7 +220,7 @@ def render_orbit(model, split, n_frames: int, path: Path) -> Path:
     import numpy as np
 
     from tensorf_common.atomic import atomic_path
-    from tensorf_common.data import get_ray_directions, get_rays
+    from tensorf_common.data.rays import get_ray_directions, get_rays
     from tensorf_common.images import to_uint8
 
     centres = split.c2w[:, :3, 3]

@@ -54,7 +54,7 @@ def _quality_torch(job: dict, cfg, out_dir: Path) -> dict:
     import numpy as np
     import torch
 
-    from tensorf_common.data import load_from_config
+    from tensorf_common.data.blender import load_from_config
     from torch_reference.evaluation import evaluate_split
     from torch_reference.training import train
 

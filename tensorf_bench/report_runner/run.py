@@ -92,7 +92,7 @@ class ReportRun:
         })
 
     def run(self) -> int:
-        from tensorf_common.data import resolve_data_dir
+        from tensorf_common.data.scene_cache import resolve_data_dir
 
         self._prepare()
         if threading.current_thread() is threading.main_thread():

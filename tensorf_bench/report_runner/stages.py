@@ -50,12 +50,13 @@ def stage_machine(ctx: Context):
 
 
 def stage_data(ctx: Context):
-    from tensorf_common.data import load_from_config, resolve_data_dir
+    from tensorf_common.data.blender import load_from_config
+    from tensorf_common.data.scene_cache import resolve_data_dir
     from tensorf_common.images import to_uint8, write_png
 
     procedural = ctx.data is None
     if procedural:
-        from tensorf_common.data import scene_cache_dir
+        from tensorf_common.data.scene_cache import scene_cache_dir
         from tensorf_common.scene import SCENE_MARKER
 
         if not (scene_cache_dir() / SCENE_MARKER).is_file():
