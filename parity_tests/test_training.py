@@ -9,6 +9,7 @@ torch side by ``torch_reference.training.train`` itself (its jitter generator re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -124,9 +125,9 @@ UPSAMPLE_AT = 60
 
 
 def _trajectory_configs():
-    from tensorf_common.config import FieldConfig
+    from tensorf_common.config import SMALL_FIELD
 
-    field = FieldConfig(density_n_comp=(4, 4, 4), app_n_comp=(8, 8, 8), app_dim=12, feature_c=32, density_shift=-4.0)
+    field = dataclasses.replace(SMALL_FIELD, density_shift=-4.0)
     train = TrainConfig(
         batch_size=512,
         n_iters=TRAJ_STEPS,

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import torch
 
-from tensorf_common.config import FieldConfig, RenderConfig
+from tensorf_common.config import SMALL_FIELD, RenderConfig
 from tensorf_common.evaluation import read_metrics
 from tensorf_common.images import read_rgba
 from tensorf_common.metrics import psnr
 from torch_reference.evaluation import depth_to_u8, evaluate_split, render_view
 from torch_reference.model import TensorBase
 
-FIELD = FieldConfig(density_n_comp=(4, 4, 4), app_n_comp=(8, 8, 8), app_dim=12, feature_c=32, density_shift=-2.0)
+FIELD = dataclasses.replace(SMALL_FIELD, density_shift=-2.0)
 
 
 def _model(ds, appearance="topk"):

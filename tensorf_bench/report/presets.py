@@ -27,7 +27,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from tensorf_common.config import THRESHOLD_APP_CAPACITY, ConfigError, ExperimentConfig, preset as training_preset
+from tensorf_common.config import SMALL_FIELD, THRESHOLD_APP_CAPACITY, ConfigError, ExperimentConfig, FieldConfig
+from tensorf_common.config import preset as training_preset
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,11 @@ class ReportPreset:
         return self.bench_estimate_s + self.quality_seconds() + (self.parity_estimate_s if self.parity else 0.0) + 15.0
 
 
+def _differences(cfg, base) -> Overrides:
+    """The fields of ``cfg`` that differ from ``base``, as overrides."""
+    return tuple((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name))
+
+
 def _compared_runs(k: int) -> tuple[QualitySpec, ...]:
     """JAX with topk (this k), threshold and all appearance, and the torch reference."""
     return (
@@ -155,7 +161,7 @@ def _quick() -> ReportPreset:
         training_preset="cpu",
         minutes=1.0,
         quality=CPU_RUNS,
-        field=(("density_n_comp", (4, 4, 4)), ("app_n_comp", (8, 8, 8)), ("app_dim", 12), ("feature_c", 32)),
+        field=_differences(SMALL_FIELD, FieldConfig()),
         # An iteration schedule over a long horizon keeps the learning rate constant: with a time
         # schedule a one-minute budget would spend its decay on set-up and compilation.
         train=(("schedule_unit", "iter"), ("n_iters", 100_000), ("upsample_at", ()), ("alpha_mask_at", ()),
