@@ -163,10 +163,10 @@ class Compare:
 
     def run(self) -> int:
         from tensorf_bench.report.compare import compare_markdown
-        from tensorf_bench.report.io import atomic_write_text
+        from tensorf_common.atomic import write_text
 
         md = compare_markdown(self.run_a, self.run_b)
         if self.out is not None:
-            atomic_write_text(self.out, md)
+            write_text(self.out, md)
         print(md)
         return 0
