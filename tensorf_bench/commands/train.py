@@ -185,9 +185,9 @@ class Render:
 
         from tensorf_common.data.blender import load_blender
         from tensorf_common.data.scene_cache import resolve_data_dir
-        from tensorf_common.images import to_uint8, write_png
+        from tensorf_common.images import to_uint8, write_depth_png, write_png
 
-        from jax_tensorf.evaluation import depth_to_u8, render_view
+        from jax_tensorf.evaluation import render_view
 
         path = _checkpoint_path(self.run_dir, self.ckpt)
         model, cfg = _load_model(path)
@@ -204,8 +204,7 @@ class Render:
             r = render_view(model, split, v)
             name = split.frame_names[v]
             write_png(out / f"{name}.png", to_uint8(r["rgb"]))
-            d8 = depth_to_u8(r["depth"], *model.near_far)
-            write_png(out / "depth" / f"{name}.png", np.repeat(d8[..., None], 3, -1))
+            write_depth_png(out / "depth" / f"{name}.png", r["depth"], *model.near_far)
         print(f"wrote {len(self.views)} views to {out}")
         if self.orbit > 0:
             gif = render_orbit(model, split, self.orbit, out / "orbit.gif")
