@@ -53,6 +53,9 @@ class QualitySpec:
 
 Overrides = tuple[tuple[str, Any], ...]
 
+BUILD_ESTIMATE_S = 15.0
+"""Estimated seconds to build the report pages after the stages."""
+
 
 @dataclass(frozen=True)
 class ReportPreset:
@@ -108,11 +111,18 @@ class ReportPreset:
         train = dataclasses.replace(cfg.train, precision=spec.precision)
         return dataclasses.replace(cfg, render=render, train=train)
 
+    @property
+    def quality_estimate_s(self) -> float:
+        """Estimated seconds of one quality run: its budget and the overhead."""
+        return 60.0 * self.minutes + self.quality_overhead_s
+
     def quality_seconds(self) -> float:
-        return len(self.quality) * (60.0 * self.minutes + self.quality_overhead_s)
+        return len(self.quality) * self.quality_estimate_s
 
     def estimate_seconds(self) -> float:
-        return self.bench_estimate_s + self.quality_seconds() + (self.parity_estimate_s if self.parity else 0.0) + 15.0
+        """The whole run: every stage the preset plans, then building the pages."""
+        return (self.bench_estimate_s + self.quality_seconds() + (self.parity_estimate_s if self.parity else 0.0)
+                + BUILD_ESTIMATE_S)
 
 
 def _differences(cfg, base) -> Overrides:

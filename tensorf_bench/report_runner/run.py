@@ -16,7 +16,7 @@ from typing import Optional
 
 from tensorf_common.errors import TensorfBenchError
 from tensorf_bench.report.io import StageRecord, atomic_write_json, one_line, read_json, read_stages, write_stage
-from tensorf_bench.report.presets import ReportPreset, preset_to_json
+from tensorf_bench.report.presets import BUILD_ESTIMATE_S, ReportPreset, preset_to_json
 
 from .progress import Progress
 from .stages import Context, Stage, quality_stage, stage_bench, stage_data, stage_machine, stage_parity
@@ -61,8 +61,7 @@ class ReportRun:
             for spec in p.quality:
                 if self.quality_only and spec.name not in self.quality_only:
                     continue
-                stages.append(Stage(f"quality-{spec.name}", "quality", 60 * p.minutes + p.quality_overhead_s,
-                                    quality_stage(spec)))
+                stages.append(Stage(f"quality-{spec.name}", "quality", p.quality_estimate_s, quality_stage(spec)))
         if "parity" not in self.skip and p.parity:
             stages.append(Stage("parity", "parity", p.parity_estimate_s, stage_parity))
         for s in stages:
@@ -101,7 +100,7 @@ class ReportRun:
         stages = self.plan()
         done = {n: r for n, r in read_stages(self.run_dir).items() if r.status == "ok"} if self.resume else {}
         todo = [s for s in stages if s.name not in done]
-        prog = Progress(sum(s.estimate_s for s in todo) + 15, enabled=self.progress)
+        prog = Progress(sum(s.estimate_s for s in todo) + BUILD_ESTIMATE_S, enabled=self.progress)
         prog.write(f"report run {self.run_dir} ({self.preset.name}: {len(todo)} of {len(stages)} stages to run, "
                    f"about {_fmt_minutes(sum(s.estimate_s for s in todo))})")
         ctx = Context(self.run_dir, self.preset, self.data, prog, dict(self.options))
@@ -124,7 +123,7 @@ class ReportRun:
                 write_stage(self.run_dir, rec)
                 mark = {"ok": "✓", "failed": "✗", "skipped": "-"}[status]
                 prog.end_stage(f"  {mark} {s.name}: {status} in {_fmt_minutes(rec.seconds)}" + (f" — {error}" if error else ""))
-            prog.start_stage("build", 15)
+            prog.start_stage("build", BUILD_ESTIMATE_S)
             prog.update(text="tables, plots and pages")
             from tensorf_bench.report.build import build_report
 
