@@ -71,12 +71,6 @@ class Bench:
         return 0 if res["returncode"] == 0 else 1
 
 
-def _preset_names() -> str:
-    from tensorf_bench.report.presets import REPORT_PRESETS
-
-    return ", ".join(REPORT_PRESETS)
-
-
 @dataclass
 class Report:
     """Run the benchmarks and the quality runs (same data, batches and wall-clock budget per compared
@@ -90,7 +84,7 @@ class Report:
 
     preset: str = "quick"
     """Report preset: quick (built-in scene, about 10 min on 2 CPU cores), full (lego-sized, about an
-    hour), gpu (one H100/H200, about 9 min)."""
+    hour), gpu (one H100/H200, about 9 min), smoke (tests of the runner, seconds of training)."""
     data: Optional[str] = None
     """Dataset folder (Blender format); default: the built-in procedural scene."""
     out: Optional[Path] = None

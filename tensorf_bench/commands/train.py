@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from tensorf_common.config import ConfigError, ExperimentConfig, preset
+from tensorf_common.config import ConfigError, ExperimentConfig, Precision, preset
 
 
 def _preset_from_argv(argv, default: str) -> str:
@@ -34,13 +34,17 @@ class Train:
     """Dataset folder; default: the built-in procedural scene (generated once into the cache)."""
     preset: str = "cpu"
     """Preset whose values are the defaults below: official (the published lego config), cpu (a
-    2-core CPU and a wall-clock budget), smoke (seconds, for tests)."""
+    2-core CPU and a wall-clock budget), gpu (one H100/H200 and a wall-clock budget), smoke (seconds,
+    for tests)."""
     out: Optional[Path] = None
     """Run folder (RUN_DIR); default: runs/<preset>-<timestamp>."""
     minutes: Optional[float] = None
     """Wall-clock training budget in minutes (overrides config.train.minutes)."""
     steps: Optional[int] = None
     """Training iterations (overrides config.train.n_iters)."""
+    precision: Optional[Precision] = None
+    """Compute precision of lookups, features and the MLP: fp32, bf16 or fp16 (overrides
+    config.train.precision; parameters and Adam stay fp32)."""
     resume: bool = False
     """Continue the run in --out from its checkpoint."""
     eval: bool = True
@@ -48,7 +52,8 @@ class Train:
     lpips: bool = True
     """Compute LPIPS (alex and vgg) in the evaluation."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar while stderr is a terminal (a redirected run logs the periodic step lines
+    only)."""
     config: ExperimentConfig = dataclasses.field(default_factory=lambda: preset("cpu"))
     """Every setting; the preset's values are the defaults."""
 
@@ -64,6 +69,8 @@ class Train:
             train = dataclasses.replace(train, minutes=self.minutes)
         if self.steps is not None:
             train = dataclasses.replace(train, n_iters=self.steps)
+        if self.precision is not None:
+            train = dataclasses.replace(train, precision=self.precision)
         return dataclasses.replace(cfg, train=train)
 
     def run(self) -> int:
@@ -78,7 +85,8 @@ class Train:
             raise ConfigError(f"--resume: {out}/checkpoint.npz does not exist")
         print(f"training ({self.preset}) on {data_dir} -> {out}", file=sys.stderr)
         summary = train_run(
-            cfg, data_dir, out, resume=self.resume, evaluate=self.eval, lpips=self.lpips, progress=self.progress
+            cfg, data_dir, out, resume=self.resume, evaluate=self.eval, lpips=self.lpips,
+            progress=self.progress and sys.stderr.isatty(),
         )
         print(
             f"steps {summary['steps']}, trained {summary['train_seconds']:.1f} s, "
