@@ -12,8 +12,10 @@ between groups where the configuration is the same (see ``conftest.py``).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
+
+from tensorf_common.config import SMALL_FIELD, FieldConfig
 
 ENV_SIZE = "TENSORF_BENCH_SIZE"
 
@@ -31,8 +33,8 @@ class BenchSize:
     """Rays per render chunk (evaluation render)."""
     points: int
     """Points of a field forward."""
-    field: dict = field(default_factory=dict)
-    """FieldConfig overrides (empty: the project's default field, as the cpu and official presets)."""
+    field: Optional[FieldConfig] = None
+    """The field (None: the project's default field, as the cpu and official presets)."""
     ks: tuple[int, ...] = (8, 16, 32, 64)
     """k of the topk strategy."""
     sample_k: int = 32
@@ -72,8 +74,6 @@ OFFICIAL_CASES = ("threshold", "topk-16", "topk-8", "threshold+dense", "topk-16+
 """The official group's cases at the sizes that time it: the official strategy and the cpu preset's
 top-k, each with the factored and the dense density lookup."""
 
-SMOKE_FIELD = dict(density_n_comp=(4, 4, 4), app_n_comp=(8, 8, 8), app_dim=12, feature_c=32)
-
 SIZES: dict[str, BenchSize] = {
     "smoke": BenchSize(
         name="smoke",
@@ -81,7 +81,7 @@ SIZES: dict[str, BenchSize] = {
         rays=64,
         render_rays=64,
         points=512,
-        field=SMOKE_FIELD,
+        field=SMALL_FIELD,
         ks=(8,),
         sample_k=8,
         train_strategies=("topk-8",),

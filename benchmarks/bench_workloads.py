@@ -20,10 +20,10 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from tensorf_common.config import THRESHOLD_APP_CAPACITY, ExperimentConfig, FieldConfig, TrainConfig, preset
-from tensorf_common.geometry import train_n_samples
+from tensorf_common.geometry import BLENDER_AABB, BLENDER_NEAR_FAR, train_n_samples
 
-AABB = np.array([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]], np.float32)
-NEAR_FAR = (2.0, 6.0)
+AABB = np.array(BLENDER_AABB, np.float32)
+NEAR_FAR = BLENDER_NEAR_FAR
 DTYPES = ("fp32", "bf16", "fp16")
 
 
@@ -36,7 +36,7 @@ def experiment(size, appearance: str = "threshold", k: Optional[int] = None) -> 
     whatever the data.
     """
     base = preset("cpu")
-    field = dataclasses.replace(FieldConfig(), **size.field)
+    field = size.field or FieldConfig()
     render = dataclasses.replace(
         base.render,
         appearance=appearance,

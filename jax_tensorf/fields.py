@@ -41,12 +41,9 @@ import numpy as np
 
 from tensorf_common.config import ConfigError
 
-from .appearance import dot_precision
+from tensorf_common.geometry import MAT_MODE, VEC_MODE
 
-MAT_MODE = ((0, 1), (0, 2), (1, 2))
-"""Plane k spans axes MAT_MODE[k] = (width axis, height axis) (official ``matMode``)."""
-VEC_MODE = (2, 1, 0)
-"""Line k runs along axis VEC_MODE[k] (official ``vecMode``)."""
+from .appearance import dot_precision
 
 VMAP_VARIANTS = ("flat", "pairs", "rays", "samples", "gather")
 

@@ -1,25 +1,20 @@
 """Per-compilation XLA options, and the facts of the default device that runs and reports record.
 
 XLA's CPU backend fuses some reductions into YNNPACK kernels. On the TensoRF grid lookup that
-choice helps the backward pass but slows the forward pass several times (measured on a 2-core
-x86 CPU with jaxlib 0.10.2: density lookup of 1M points, forward 140 ms with the YNN fusions,
-21 ms without). Options are therefore chosen per kind of computation (``train`` steps, ``eval``
-renders) rather than process-wide, and only on the CPU backend, where the option exists.
+choice helps the backward pass but slows the forward pass several times. Options are therefore
+chosen per kind of computation (``train`` steps, ``eval`` renders) rather than process-wide, and
+only on the CPU backend, where the option exists.
 
-Host memory on the CPU backend (peak RSS of the cpu preset's 3-minute lego run on a 2-core VM,
-jaxlib 0.10.2, mimalloc, 2026-11-26: 2.74 GiB before, 1.41 GiB with both of these):
+Host memory on the CPU backend (the measurements are in DEVELOPERS.md and the README):
 
 * :func:`release_host_memory` drops JAX's cached executables (``jax.clear_caches``) before handing
-  freed heap back. Every eager op and every jitted helper of set-up keeps a compiled executable;
-  after the set-up of the cpu preset they held about 170 MB, and each grid size adds more, while
-  the arrays alive were under 0.1 GB. The trainer's own steps are compiled ahead of time and held
-  by the trainer, so they survive.
+  freed heap back. Every eager op and every jitted helper of set-up keeps a compiled executable,
+  and each grid size adds more, far more than the arrays alive. The trainer's own steps are
+  compiled ahead of time and held by the trainer, so they survive.
 * :func:`prefer_synchronous_cpu_dispatch`: with asynchronous dispatch the CPU client runs each
   step on one of its worker threads, and consecutive steps land on different threads; each
-  thread's allocator heap then keeps its own copy of the step's temporary buffer (0.6-0.7 GB at
-  160^3), so training held twice the temporaries. Run inline on the calling thread, the step
-  reuses one buffer: the final-grid step's peak fell from 2.2 to 1.5 GiB with no measurable change
-  in rays/s (4 alternating runs of 70 steps each: 6.6k async vs 6.9k sync, within noise).
+  thread's allocator heap then keeps its own copy of the step's temporary buffer, so training held
+  twice the temporaries. Run inline on the calling thread, the step reuses one buffer.
 
 ``TENSORF_BENCH_XLA_TRAIN`` / ``TENSORF_BENCH_XLA_EVAL`` override the defaults with a JSON object
 of XLA debug options (``{}`` for XLA's own defaults).

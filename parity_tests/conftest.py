@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # `import compare` fro
 
 import compare  # noqa: E402
 
+from tensorf_common.geometry import line_size, plane_size  # noqa: E402
+
 AABB = np.array([[-1.2, -0.9, -1.0], [1.1, 1.0, 0.8]], np.float32)
 """A non-cubic, off-centre box: a swapped axis or a wrong normalisation shows."""
 GRID = (13, 11, 9)
@@ -123,18 +125,13 @@ def add_density_blob(torch_model, amplitude: float = 4.0, width: float = 0.45) -
     with torch.no_grad():
         if hasattr(torch_model, "density_plane"):
             for k in range(3):
-                a, b = MAT_MODE[k]
-                plane = torch_model.density_plane[k]
-                plane[0, 0] = amplitude * bump(grid[b])[:, None] * bump(grid[a])[None, :]
-                torch_model.density_line[k][0, 0, :, 0] = bump(grid[VEC_MODE[k]])
+                h, w = plane_size(grid, k)
+                torch_model.density_plane[k][0, 0] = amplitude * bump(h)[:, None] * bump(w)[None, :]
+                torch_model.density_line[k][0, 0, :, 0] = bump(line_size(grid, k))
         else:
             for k in range(3):
                 scale = amplitude ** (1 / 3)
-                torch_model.density_line[k][0, 0, :, 0] = scale * bump(grid[VEC_MODE[k]])
-
-
-MAT_MODE = ((0, 1), (0, 2), (1, 2))
-VEC_MODE = (2, 1, 0)
+                torch_model.density_line[k][0, 0, :, 0] = scale * bump(line_size(grid, k))
 
 
 def _blob_pair(
@@ -248,7 +245,7 @@ def precision_kwargs(fn: Any, name: str = "fp32") -> dict:
 def parity_scene(tmp_path_factory: pytest.TempPathFactory):
     """The procedural scene at 32x32 (8 train views = 8192 rays, 4 test views), loaded; rendered once
     per session (the same options as ``tests/conftest.py``'s ``small_scene``)."""
-    from tensorf_common.data import load_blender
+    from tensorf_common.data.blender import load_blender
     from tensorf_common.scene import make_scene
 
     root = make_scene(tmp_path_factory.mktemp("parity") / "scene", width=32, height=32, n_train=8, n_val=4, n_test=4, seed=0)

@@ -36,7 +36,7 @@ def _masked_pair(twins, model: str):
 def _image_rays(parity_scene, view: int = 0, size: int = 40, zoom: float = 3.0):
     """A ``size`` x ``size`` image from the pose of a test camera of the procedural scene, zoomed in
     ``zoom`` times so that the model box fills the view (1600 rays)."""
-    from tensorf_common.data import get_ray_directions, get_rays
+    from tensorf_common.data.rays import get_ray_directions, get_rays
 
     test = parity_scene["test"]
     focal = test.focal * zoom * size / test.width

@@ -9,6 +9,7 @@ torch side by ``torch_reference.training.train`` itself (its jitter generator re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -22,7 +23,7 @@ from tensorf_common import schedule as sch
 import torch_reference.training as tt
 from compare import EXACT, FP32, GRAD, PSNR, assert_close, assert_scalar_close
 from tensorf_common.config import RenderConfig, TrainConfig
-from tensorf_common.data import BatchSampler
+from tensorf_common.data.sampler import BatchSampler
 from tensorf_common.geometry import n_to_reso, train_n_samples
 from tensorf_convert.state_dict import ModelSpec, torch_to_jax
 
@@ -125,9 +126,9 @@ UPSAMPLE_AT = 60
 
 
 def _trajectory_configs():
-    from tensorf_common.config import FieldConfig
+    from tensorf_common.config import SMALL_FIELD
 
-    field = FieldConfig(density_n_comp=(4, 4, 4), app_n_comp=(8, 8, 8), app_dim=12, feature_c=32, density_shift=-4.0)
+    field = dataclasses.replace(SMALL_FIELD, density_shift=-4.0)
     train = TrainConfig(
         batch_size=512,
         n_iters=TRAJ_STEPS,

@@ -60,6 +60,21 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+SINGLE_OPTIONS = ("--preset",)
+"""Options refused when given twice: a preset chooses the defaults before parsing (from its first
+value) while the parser keeps the last, so a repeat would train one preset and label it another."""
+
+
+def _refuse_repeats(argv: Sequence[str]) -> None:
+    from tensorf_common.config import ConfigError
+
+    for option in SINGLE_OPTIONS:
+        values = [argv[i + 1] if a == option and i + 1 < len(argv) else a.partition("=")[2]
+                  for i, a in enumerate(argv) if a == option or a.startswith(option + "=")]
+        if len(values) > 1:
+            raise ConfigError(f"{option}: given {len(values)} times ({', '.join(values)}); give it once")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import tyro
 
@@ -79,6 +94,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     cls = _load(name)
     try:
+        _refuse_repeats(rest)
         default = cls.defaults_from_argv(rest) if hasattr(cls, "defaults_from_argv") else None
         cmd = tyro.cli(
             cls,

@@ -60,15 +60,16 @@ def atomic_file(path: PathLike, mode: str = "wb", fsync: bool = False, **open_kw
                 os.fsync(f.fileno())
 
 
-def write_bytes(path: PathLike, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+def write_bytes(path: PathLike, data: bytes, fsync: bool = False) -> Path:
+    with atomic_file(path, fsync=fsync) as f:
+        f.write(data)
     return Path(path)
 
 
-def write_text(path: PathLike, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+def write_text(path: PathLike, text: str, fsync: bool = False) -> Path:
+    """UTF-8, line endings written as they are in ``text``."""
+    with atomic_file(path, "w", fsync=fsync, encoding="utf-8", newline="") as f:
+        f.write(text)
     return Path(path)
 
 

@@ -117,7 +117,7 @@ def carve_visual_hull(
     """Carve the visual hull of a split's alpha inside ``aabb``.
 
     Args:
-        split: a :class:`tensorf_common.data.SplitData` (usually the train split).
+        split: a :class:`tensorf_common.data.blender.SplitData` (usually the train split).
         aabb: the box to carve, ``(2, 3)`` or 6 numbers.
         resolution: voxels per axis (one number or ``(X, Y, Z)``), corner-aligned.
         alpha_thres: pixels with alpha below this count as empty.

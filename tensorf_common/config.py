@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Optional
+from types import MappingProxyType
+from typing import Any, Literal, Optional
+
+from .geometry import BLENDER_NEAR_FAR
 
 ModelKind = Literal["VM", "CP"]
 ShadingMode = Literal["MLP_Fea", "MLP_PE", "MLP", "SH", "RGB"]
@@ -362,6 +366,35 @@ THRESHOLD_APP_CAPACITY = 0.08
 quality runs, benchmarks): the starting fraction of the batch's samples; training re-sizes it
 from what recent steps selected."""
 
+SMALL_FIELD = FieldConfig(density_n_comp=(4, 4, 4), app_n_comp=(8, 8, 8), app_dim=12, feature_c=32)
+"""A field that trains in seconds on a CPU (4 and 8 components, 12 appearance channels, a 32-wide
+MLP): the smoke preset's, the quick report's, the smoke benchmarks' and the tests'."""
+
+OFFICIAL_CLASS_DEFAULTS: Mapping[str, Any] = MappingProxyType({
+    "density_n_comp": 8,
+    "appearance_n_comp": 24,
+    "app_dim": 27,
+    "shadingMode": "MLP_PE",
+    "near_far": BLENDER_NEAR_FAR,
+    "density_shift": -10,
+    "alphaMask_thres": 0.001,
+    "distance_scale": 25,
+    "rayMarch_weight_thres": 0.0001,
+    "pos_pe": 6,
+    "view_pe": 6,
+    "fea_pe": 6,
+    "featureC": 128,
+    "step_ratio": 2.0,
+    "fea2denseAct": "softplus",
+})
+"""The keyword defaults of the official ``TensorBase.__init__`` (not this project's defaults, which
+are the configs above): what a checkpoint whose ``kwargs`` lack a key means, since the official
+loader calls ``Model(**kwargs)``. ``aabb`` and ``gridSize`` have none. ``torch_reference.model``
+takes them as its constructor's defaults and ``tensorf_convert`` fills them in."""
+
+OFFICIAL_KWARGS = ("aabb", "gridSize", *OFFICIAL_CLASS_DEFAULTS)
+"""The keys of an official checkpoint's ``kwargs`` (no ``device``)."""
+
 
 def _official() -> ExperimentConfig:
     """The published lego config (configs/lego.txt), faithful to the official code."""
@@ -371,7 +404,7 @@ def _official() -> ExperimentConfig:
 def _smoke() -> ExperimentConfig:
     """Seconds on a CPU: tiny grids and batches, for tests."""
     return ExperimentConfig(
-        field=FieldConfig(density_n_comp=(4, 4, 4), app_n_comp=(8, 8, 8), app_dim=12, feature_c=32),
+        field=SMALL_FIELD,
         render=RenderConfig(chunk=2048),
         train=TrainConfig(
             batch_size=256,

@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .atomic import atomic_file
+from .atomic import write_text
 from .errors import TensorfBenchError
 from .lpips_weights import NETS, canonical_net
 from .metrics import NOT_AVAILABLE, json_number, mean_metric, psnr, ssim
@@ -198,25 +198,20 @@ def _csv_cell(v: Any) -> str:
     return j if isinstance(j, str) else repr(float(j))
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    with atomic_file(path, "w", encoding="utf-8", newline="") as fh:
-        fh.write(text)
-
-
 def write_metrics(out_dir: Union[str, os.PathLike], results: EvalResults) -> tuple[Path, Path]:
     """Write ``metrics.json`` and ``metrics.csv`` into ``out_dir`` (created if missing), each
     atomically. Returns their paths."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out / METRICS_JSON, out / METRICS_CSV
-    _atomic_write_text(json_path, json.dumps(results.to_json_dict(), indent=2, allow_nan=False) + "\n")
+    write_text(json_path, json.dumps(results.to_json_dict(), indent=2, allow_nan=False) + "\n")
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(("name",) + METRIC_KEYS)
     for row in results.per_image:
         writer.writerow([row["name"]] + [_csv_cell(row.get(k)) for k in METRIC_KEYS])
     writer.writerow(["mean"] + [_csv_cell(results.mean.get(k)) for k in METRIC_KEYS])
-    _atomic_write_text(csv_path, buf.getvalue())
+    write_text(csv_path, buf.getvalue())
     return json_path, csv_path
 
 

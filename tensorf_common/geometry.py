@@ -1,4 +1,5 @@
-"""Grid and step geometry shared by both frameworks (numpy only).
+"""Grid and step geometry shared by both frameworks (numpy only): the axis modes of the planes and
+lines, their sizes, the grid size of a voxel count, the step and sample count.
 
 These follow the official code's float32 arithmetic (``N_to_reso``, ``update_stepSize``,
 ``cal_n_samples``) so that both implementations derive the same grid sizes and sample counts.
@@ -13,6 +14,11 @@ BLENDER_AABB = ((-1.5, -1.5, -1.5), (1.5, 1.5, 1.5))
 BLENDER_NEAR_FAR = (2.0, 6.0)
 """Default near/far of Blender scenes."""
 
+MAT_MODE = ((0, 1), (0, 2), (1, 2))
+"""Plane k spans axes MAT_MODE[k] = (width axis, height axis) (official ``matMode``)."""
+VEC_MODE = (2, 1, 0)
+"""Line k runs along axis VEC_MODE[k] (official ``vecMode``)."""
+
 
 def as_aabb(aabb) -> np.ndarray:
     """A (2, 3) float32 array from any (2, 3) or (6,) sequence; min must be below max."""
@@ -20,6 +26,18 @@ def as_aabb(aabb) -> np.ndarray:
     if not np.all(a[0] < a[1]):
         raise ValueError(f"aabb: min {a[0].tolist()} must be below max {a[1].tolist()} on every axis")
     return a
+
+
+def plane_size(grid_size, k: int) -> tuple[int, int]:
+    """``(height, width)`` of VM plane k of a grid ``[X, Y, Z]``: ``(grid_size[MAT_MODE[k][1]],
+    grid_size[MAT_MODE[k][0]])``; each framework adds its channel axis."""
+    a, b = MAT_MODE[k]
+    return int(grid_size[b]), int(grid_size[a])
+
+
+def line_size(grid_size, k: int) -> int:
+    """Length of line k of a grid ``[X, Y, Z]``: ``grid_size[VEC_MODE[k]]``."""
+    return int(grid_size[VEC_MODE[k]])
 
 
 def n_to_reso(n_voxels: int, aabb) -> list[int]:

@@ -62,3 +62,15 @@ def write_png(path: str | os.PathLike, image: np.ndarray, compress_level: int = 
 def to_uint8(x: np.ndarray) -> np.ndarray:
     """Float values in [0, 1] to uint8 with rounding (values outside are clipped)."""
     return np.clip(np.rint(np.asarray(x, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
+
+
+def depth_to_u8(depth: np.ndarray, near: float, far: float) -> np.ndarray:
+    """Distance -> 8-bit grey: ``near`` (and closer) white, ``far`` (and beyond) black, linear between."""
+    t = np.clip((np.asarray(depth) - near) / max(far - near, 1e-6), 0.0, 1.0)
+    return np.round((1.0 - t) * 255.0).astype(np.uint8)
+
+
+def write_depth_png(path: str | os.PathLike, depth: np.ndarray, near: float, far: float) -> None:
+    """A depth map ``(H, W)`` as a grey RGB PNG (:func:`depth_to_u8`), atomically."""
+    d8 = depth_to_u8(depth, near, far)
+    write_png(path, np.repeat(d8[..., None], 3, axis=-1))

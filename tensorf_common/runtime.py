@@ -2,9 +2,8 @@
 
 On the suite's reference machines (small VMs) the time XLA and torch spend on CPU is often dominated
 not by arithmetic but by page faults: both allocate large temporary buffers for every step, glibc
-hands buffers above 32 MiB straight back to the kernel, and each new 4 KiB page then costs a fault.
-Measured on a 2-core VM with jaxlib 0.10.2: four (1M x 16) float32 products took 72 ms and 62,500
-faults per call with glibc malloc, 20 ms and under 10 faults with mimalloc.
+hands buffers above 32 MiB straight back to the kernel, and each new 4 KiB page then costs a fault
+(measured: DEVELOPERS.md, "Process set-up").
 
 So, like the PyTorch CPU tuning guides recommend for jemalloc/tcmalloc, commands run under
 mimalloc (shipped as a wheel, ``cmeel-mimalloc``) when it is installed, for *both* frameworks
@@ -89,8 +88,8 @@ def peak_rss_bytes() -> int:
 
 def release_memory() -> None:
     """Hand freed heap memory back to the OS (mimalloc's ``mi_collect``, else glibc's
-    ``malloc_trim``). Both allocators keep freed pages for reuse; after a large one-off (an XLA
-    compilation, the ray filter over every training ray) that kept 300-400 MB resident. Called at
+    ``malloc_trim``). Both allocators keep freed pages for reuse, which after a large one-off (an
+    XLA compilation, the ray filter over every training ray) stay resident. Called at
     schedule events, never per step. A no-op where neither symbol exists."""
     import ctypes
 

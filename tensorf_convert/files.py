@@ -31,7 +31,7 @@ from typing import Any, Literal, Optional, Union
 
 import numpy as np
 
-from tensorf_common.atomic import atomic_file
+from tensorf_common.atomic import write_bytes
 from tensorf_common.errors import CheckpointError, ConversionError
 
 from .model import PortableModel
@@ -74,12 +74,6 @@ def config_path(path: PathLike) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    with atomic_file(path, fsync=True) as f:
-        f.write(data)
-    return Path(path)
-
-
 def _require_file(path: Path) -> None:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -119,8 +113,8 @@ def write_safetensors(pm: PortableModel, path: PathLike) -> Path:
     path = Path(path)
     doc = json.dumps(config_document(pm), indent=2, sort_keys=True)
     data = save(safetensors_arrays(pm), metadata={METADATA_KEY: doc})
-    _atomic_write_bytes(config_path(path), (doc + "\n").encode("utf-8"))
-    return _atomic_write_bytes(path, data)
+    write_bytes(config_path(path), (doc + "\n").encode("utf-8"), fsync=True)
+    return write_bytes(path, data, fsync=True)
 
 
 def _read_config(path: Path) -> dict[str, Any]:

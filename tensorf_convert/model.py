@@ -30,7 +30,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from tensorf_common.config import FieldConfig, RenderConfig
+from tensorf_common.config import OFFICIAL_CLASS_DEFAULTS, OFFICIAL_KWARGS, FieldConfig, RenderConfig
 from tensorf_common.errors import ConversionError
 from tensorf_common.geometry import step_size_and_n_samples
 
@@ -47,28 +47,6 @@ from .state_dict import (
 MODEL_NAMES = {"VM": "TensorVMSplit", "CP": "TensorCP"}
 """FieldConfig.model -> official class name."""
 MODEL_KINDS = {v: k for k, v in MODEL_NAMES.items()}
-
-OFFICIAL_CLASS_DEFAULTS: dict[str, Any] = {
-    "density_n_comp": 8,
-    "appearance_n_comp": 24,
-    "app_dim": 27,
-    "shadingMode": "MLP_PE",
-    "near_far": [2.0, 6.0],
-    "density_shift": -10,
-    "alphaMask_thres": 0.001,
-    "distance_scale": 25,
-    "rayMarch_weight_thres": 0.0001,
-    "pos_pe": 6,
-    "view_pe": 6,
-    "fea_pe": 6,
-    "featureC": 128,
-    "step_ratio": 2.0,
-    "fea2denseAct": "softplus",
-}
-"""The official ``TensorBase.__init__`` defaults: what a checkpoint whose ``kwargs`` lack a key means
-(``Model(**kwargs)`` falls back to these). ``aabb`` and ``gridSize`` have no default."""
-
-OFFICIAL_KWARGS = ("aabb", "gridSize", *OFFICIAL_CLASS_DEFAULTS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,8 +424,6 @@ def jax_model_to_torch(model: Any, device: Any = "cpu") -> Any:
 
 
 __all__ = [
-    "OFFICIAL_CLASS_DEFAULTS",
-    "OFFICIAL_KWARGS",
     "MODEL_NAMES",
     "full_kwargs",
     "field_config_from_kwargs",

@@ -34,11 +34,7 @@ import numpy as np
 
 from tensorf_common.config import FieldConfig
 from tensorf_common.errors import ConversionError
-
-MAT_MODE = ((0, 1), (0, 2), (1, 2))
-"""Plane k spans axes MAT_MODE[k] = (width axis, height axis) (official ``matMode``; same in both twins)."""
-VEC_MODE = (2, 1, 0)
-"""Line k runs along axis VEC_MODE[k] (official ``vecMode``)."""
+from tensorf_common.geometry import VEC_MODE, line_size, plane_size
 MLP_LAYERS = (0, 2, 4)
 """Indices of the Linear layers in the official ``renderModule.mlp`` Sequential."""
 MLP_SHADING = ("MLP_Fea", "MLP_PE", "MLP")
@@ -223,12 +219,11 @@ class KeyMap:
 
 
 def _plane_torch_shape(grid: Sequence[int], k: int, c: int) -> tuple[int, ...]:
-    a, b = MAT_MODE[k]
-    return (1, int(c), int(grid[b]), int(grid[a]))
+    return (1, int(c), *plane_size(grid, k))
 
 
 def _line_torch_shape(grid: Sequence[int], k: int, c: int) -> tuple[int, ...]:
-    return (1, int(c), int(grid[VEC_MODE[k]]), 1)
+    return (1, int(c), line_size(grid, k), 1)
 
 
 def key_table(spec: ModelSpec) -> list[KeyMap]:
@@ -509,8 +504,6 @@ def table_markdown(spec: ModelSpec) -> str:
 
 
 __all__ = [
-    "MAT_MODE",
-    "VEC_MODE",
     "Transform",
     "PLANE",
     "LINE",

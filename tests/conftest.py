@@ -48,7 +48,7 @@ def lego_dir(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def lego_small(lego_dir: Path):
     """Lego at 100x100 (downsample 4): train views 0-9 and test views 0-1 (a BlenderDataset)."""
-    from tensorf_common.data import load_blender
+    from tensorf_common.data.blender import load_blender
 
     return load_blender(lego_dir, splits=("train", "test"), downsample=4, max_views={"train": 10, "test": 2})
 
@@ -64,6 +64,6 @@ def small_scene(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def small_dataset(small_scene: Path):
     """``small_scene`` loaded with ``tensorf_common.data.load_blender`` (train, val and test)."""
-    from tensorf_common.data import load_blender
+    from tensorf_common.data.blender import load_blender
 
     return load_blender(small_scene, splits=("train", "val", "test"))

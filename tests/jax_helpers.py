@@ -12,7 +12,8 @@ import dataclasses
 
 import numpy as np
 
-from tensorf_common.config import ExperimentConfig, FieldConfig, RenderConfig, TrainConfig
+from tensorf_common.config import SMALL_FIELD, ExperimentConfig, FieldConfig, RenderConfig, TrainConfig
+from tensorf_common.geometry import BLENDER_NEAR_FAR
 
 # Official axis modes, written out again (not imported) so that a changed constant is caught.
 MAT_MODE_REF = ((0, 1), (0, 2), (1, 2))
@@ -103,7 +104,7 @@ SMALL_VM_RGB = FieldConfig(density_n_comp=(2, 3, 4), app_n_comp=(2, 2, 3), app_d
 """A tiny VM field whose decoder is the identity (cheap to compile); different component counts
 per pair so that a mixed-up pair order changes shapes."""
 
-SMALL_VM_FEA = FieldConfig(density_n_comp=(4, 4, 4), app_n_comp=(8, 8, 8), app_dim=12, feature_c=32)
+SMALL_VM_FEA = SMALL_FIELD
 """The smoke preset's field: VM with the default MLP_Fea decoder."""
 
 SMALL_CP_RGB = FieldConfig(model="CP", density_n_comp=(4,), app_n_comp=(6,), app_dim=3, shading_mode="RGB")
@@ -169,7 +170,7 @@ def trees_bit_identical(a, b) -> bool:
     )
 
 
-def numpy_model(field: FieldConfig, grid, render_cfg: RenderConfig | None = None, aabb=None, seed: int = 0, near_far=(2.0, 6.0)):
+def numpy_model(field: FieldConfig, grid, render_cfg: RenderConfig | None = None, aabb=None, seed: int = 0, near_far=BLENDER_NEAR_FAR):
     """A ``TensoRF`` with the layout of ``init_params`` but numpy-drawn values (scale 0.1), built
     without ``TensoRF.create``: eager JAX random draws compile once per distinct shape, which costs
     seconds per model on a busy 2-core machine. ``TensoRF.create`` itself is tested in test_jax_model."""

@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from tensorf_bench.cli import main
-from tensorf_common.data import load_blender, scene_cache_dir
+from tensorf_common.data.blender import load_blender
+from tensorf_common.data.scene_cache import scene_cache_dir
 
 
 def test_make_scene_writes_a_dataset(tmp_path, capsys):

@@ -100,6 +100,58 @@ def test_unknown_preset_exits_2(small_scene, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_repeated_preset_exits_2_with_one_line(small_scene, tmp_path):
+    """The preset's defaults came from the first --preset and the run's label from the last."""
+    rc, out, err = _cli(["train", "--data", small_scene, "--preset", "smoke", "--preset", "bogus", "--out", tmp_path / "x"])
+    assert rc == 2 and err.strip() == "error: --preset: given 2 times (smoke, bogus); give it once"
+    assert not (tmp_path / "x").exists()
+    rc, _, err = _cli(["report", "--preset=smoke", "--preset", "quick", "--out", tmp_path / "r"])
+    assert rc == 2 and err.strip() == "error: --preset: given 2 times (smoke, quick); give it once"
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("command", "names"), [("train", "PRESETS"), ("report", "REPORT_PRESETS")])
+def test_help_lists_every_preset_the_command_accepts(command, names, capsys):
+    from tensorf_bench.report import presets as report_presets
+    from tensorf_common import config
+
+    accepted = getattr(config if names == "PRESETS" else report_presets, names)
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    preset_help = text[text.index("--preset STR"):].split(" --", 1)[0]
+    missing = [name for name in accepted if not re.search(rf"\b{name} \(", preset_help)]
+    assert not missing, preset_help
+
+
+@pytest.mark.slow  # a subprocess that compiles a bf16 train step
+def test_precision_option_and_a_redirected_log_without_progress_bars(small_scene, tmp_path):
+    """``train --precision bf16 --preset smoke`` in a process whose stderr is a file (as ``cmd 2> log``):
+    the run trains in bf16, and the log holds the periodic step lines but no progress bar."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    log = tmp_path / "train.log"
+    with open(log, "w") as err:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tensorf_bench.cli", "train", "--data", str(small_scene), "--preset", "smoke",
+             "--precision", "bf16", "--steps", "4", "--config.train.log-every", "2", "--no-eval",
+             "--out", str(tmp_path / "run")],
+            stdout=subprocess.PIPE, stderr=err, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1],
+            env=dict(os.environ),
+        )
+    text = log.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    summary = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert summary["config"]["train"]["precision"] == "bf16" and summary["steps"] == 4
+    bars = [ln for ln in re.split(r"[\r\n]", text) if re.search(r"\d+%\||\d+it \[|it/s\]|s/it\]", ln)]
+    assert not bars, bars[:3]
+    assert re.search(r"^step +2 .*psnr", text, re.M) and re.search(r"^step +4 .*psnr", text, re.M), text[-2000:]
+
+
 def test_eval_run_dir_reproduces_the_training_evaluation(trained):
     run, _, _ = trained
     rc, out, err = _cli(["eval", "--run-dir", run, "--max-views", 2, "--no-lpips"])

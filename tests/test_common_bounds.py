@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tensorf_common.bounds import carve_visual_hull, grid_axes, occupancy_bounds, ray_box_hit
-from tensorf_common.data import SplitData, load_blender
+from tensorf_common.data.blender import SplitData, load_blender
 from tensorf_common.errors import DatasetError
 from tensorf_common.scene import Box, Sphere, make_scene, primitives, true_bounds
 

@@ -1,4 +1,5 @@
-"""tensorf_common.data: the Blender loader, rays, batches, bad input, the sampler, the data dir."""
+"""tensorf_common.data (rays, blender, scene_cache, sampler): the Blender loader, rays, batches, bad
+input, the sampler, the data dir."""
 
 from __future__ import annotations
 
@@ -14,18 +15,10 @@ import pytest
 from PIL import Image
 
 from tensorf_common.config import DataConfig
-from tensorf_common.data import (
-    OPENGL_TO_OPENCV,
-    BatchSampler,
-    SplitData,
-    area_downsample,
-    get_ray_directions,
-    get_rays,
-    load_blender,
-    load_from_config,
-    resolve_data_dir,
-    scene_cache_dir,
-)
+from tensorf_common.data.blender import OPENGL_TO_OPENCV, SplitData, area_downsample, load_blender, load_from_config
+from tensorf_common.data.rays import get_ray_directions, get_rays
+from tensorf_common.data.sampler import BatchSampler
+from tensorf_common.data.scene_cache import resolve_data_dir, scene_cache_dir
 from tensorf_common.errors import DatasetError
 from tensorf_common.geometry import BLENDER_AABB, BLENDER_NEAR_FAR
 from tensorf_common.images import write_png
@@ -226,7 +219,7 @@ def test_full_resolution_train_split_memory(lego_dir):
     """Loading the full-resolution 100-view train split stays far below 1 GB (fresh process)."""
     code = (
         "import sys\n"
-        "from tensorf_common.data import load_blender\n"
+        "from tensorf_common.data.blender import load_blender\n"
         "ds = load_blender(sys.argv[1], splits=('train',))\n"
         "s = ds['train']\n"
         "assert s.n_views == 100 and s.width == 400\n"

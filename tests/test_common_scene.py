@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tensorf_common import scene as scene_mod
-from tensorf_common.data import load_blender
+from tensorf_common.data.blender import load_blender
 from tensorf_common.errors import DatasetError
 from tensorf_common.scene import (
     LEGO_CAMERA_ANGLE_X,

@@ -10,6 +10,7 @@ import torch
 
 from tensorf_common.config import FieldConfig
 from tensorf_common.errors import ConversionError
+from tensorf_common.geometry import BLENDER_NEAR_FAR
 from tensorf_convert.state_dict import (
     ModelSpec,
     flatten_params,
@@ -44,7 +45,7 @@ def torch_model(model="VM", shading="MLP_Fea", seed=0):
     from tensorf_common.config import RenderConfig
 
     torch.manual_seed(seed)
-    return TensorBase.from_config(cfg(model, shading), RenderConfig(), [[-1, -1, -1], [1, 1, 1]], GRID, [2.0, 6.0])
+    return TensorBase.from_config(cfg(model, shading), RenderConfig(), [[-1, -1, -1], [1, 1, 1]], GRID, BLENDER_NEAR_FAR)
 
 
 def bits(a: np.ndarray) -> np.ndarray:

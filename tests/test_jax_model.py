@@ -16,7 +16,7 @@ from jax_tensorf import alpha_mask as am
 from jax_tensorf import fields
 from jax_tensorf.model import TensoRF
 from tensorf_common.config import RenderConfig
-from tensorf_common.geometry import step_size_and_n_samples
+from tensorf_common.geometry import BLENDER_NEAR_FAR, step_size_and_n_samples
 
 BOX = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]], np.float32)
 
@@ -30,8 +30,8 @@ def test_create_shapes_state_and_geometry():
     """(A cubic 16^3 grid and the smoke preset's field: the eager random draws of the initialisation
     compile once per array shape, and these are the shapes the smoke trainings use too.)"""
     aabb = np.array([[-1.0, -1.5, -0.5], [1.0, 1.5, 0.5]], np.float32)
-    m = TensoRF.create(jax.random.PRNGKey(0), SMALL_VM_FEA, RenderConfig(step_ratio=0.5), aabb, [16, 16, 16], (2.0, 6.0), True)
-    assert m.near_far == (2.0, 6.0) and m.white_bg
+    m = TensoRF.create(jax.random.PRNGKey(0), SMALL_VM_FEA, RenderConfig(step_ratio=0.5), aabb, [16, 16, 16], BLENDER_NEAR_FAR, True)
+    assert m.near_far == BLENDER_NEAR_FAR and m.white_bg
     assert m.grid_size == [16, 16, 16]
     p = m.params
     assert set(p) == {"density", "app", "basis_mat", "render"}

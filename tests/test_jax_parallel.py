@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent(
     import jax, numpy as np
     from jax.sharding import Mesh
     from tensorf_common.config import preset
-    from tensorf_common.data import load_blender
+    from tensorf_common.data.blender import load_blender
     from jax_tensorf.training import Trainer
     from tensorf_common.errors import TrainingError
 

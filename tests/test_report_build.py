@@ -1,4 +1,4 @@
-"""tensorf_common.report on small fake results: tables with the best value in bold, plots written,
+"""tensorf_bench.report on small fake results: tables with the best value in bold, plots written,
 a self-contained HTML page, results.json / CSV, the generated summary, failures listed."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tensorf_common.report import tables
-from tensorf_common.report.build import build_report, collect
-from tensorf_common.report.io import StageRecord, atomic_write_json, read_stages, write_stage
-from tensorf_common.report.results import benchmark_rows
+from tensorf_bench.report import tables
+from tensorf_bench.report.build import build_report, collect
+from tensorf_bench.report.io import StageRecord, atomic_write_json, read_stages, write_stage
+from tensorf_bench.report.results import benchmark_rows
 
 
 def _bench(group, name, median, **extra):
@@ -259,7 +259,7 @@ def test_collect_orders_quality_runs_as_the_preset(tmp_path):
 
 
 def test_quality_table_shows_gpu_peak_only_when_a_run_has_one():
-    from tensorf_common.report.tables import quality_table
+    from tensorf_bench.report.tables import quality_table
 
     cpu = [{"label": "JAX topk-16", "framework": "jax", "rays_per_s": 9000.0, "peak_rss_bytes": 2 << 30}]
     assert "device_peak_bytes" not in [c.key for c in quality_table(cpu).columns]
@@ -269,8 +269,30 @@ def test_quality_table_shows_gpu_peak_only_when_a_run_has_one():
     assert list(table.numbers["vs_torch"])[0] == 3.0
 
 
+def test_quality_table_shows_time_to_first_step_and_compiles_from_run_json(tmp_path):
+    """From run.json: ``time_to_first_step`` (blank when absent) and ``compiles`` as count and total
+    seconds ("0" for torch's empty list, blank when the key is absent)."""
+    from tensorf_bench.report.results import quality_row
+    from tensorf_bench.report.tables import quality_table
+
+    jax_run = dict(_run_json("jax", 25.0, 100, 9000.0, ["r_0"]), time_to_first_step=12.25,
+                   compiles=[{"seconds": 9.5, "grid_size": [32, 32, 32]}, {"seconds": 4.0, "grid_size": [48, 48, 48]}])
+    torch_run = _run_json("torch", 22.0, 50, 3000.0, ["r_0"])
+    old_run = {k: v for k, v in _run_json("jax", 24.0, 90, 8000.0, ["r_0"]).items() if k != "compiles"}
+    recs = [StageRecord(f"quality-{n}", "quality", "ok", data={"spec": {"name": n, "framework": fw}, "label": n})
+            for n, fw in (("jax-topk", "jax"), ("torch", "torch"), ("jax-old", "jax"))]
+    rows = [quality_row(rec, run) for rec, run in zip(recs, (jax_run, torch_run, old_run))]
+    shown = quality_table(rows).shown.set_index("configuration")
+    assert shown.loc["jax-topk", "time to first step"] == "12.25 s"
+    assert shown.loc["jax-topk", "compiles"] == "2 (13.50 s)"
+    assert shown.loc["torch", "time to first step"] == "–" and shown.loc["torch", "compiles"] == "0"
+    assert shown.loc["jax-old", "compiles"] == "–"
+    md = quality_table(rows).to_markdown()
+    assert "| time to first step | compiles |" in md and "| 12.25 s | 2 (13.50 s) |" in md
+
+
 def test_official_settings_sentences_rank_and_pair_the_dense_lookup():
-    from tensorf_common.report.summary import official_sentences
+    from tensorf_bench.report.summary import official_sentences
 
     common = dict(size="full", grid="128x128x128", samples_per_ray=443, rays=4096, workload="train_step")
     rows = benchmark_rows({"benchmarks": [

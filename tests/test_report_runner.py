@@ -12,10 +12,11 @@ import time
 
 import pytest
 
-from tensorf_bench import report_runner as rr
-from tensorf_common.report.compare import compare_markdown
-from tensorf_common.report.io import read_stages
-from tensorf_common.report.presets import report_preset
+from tensorf_bench.report_runner import children, quality, stages
+from tensorf_bench.report_runner import run as runner
+from tensorf_bench.report.compare import compare_markdown
+from tensorf_bench.report.io import read_stages
+from tensorf_bench.report.presets import report_preset
 
 from test_report_build import make_fake_run
 
@@ -51,7 +52,7 @@ class FakeStages:
 
 def _runner(run_dir, fakes, resume=False, **kw):
     preset = report_preset("smoke")
-    return rr.ReportRun(run_dir=run_dir, preset=preset, command="tensorf-bench report --preset smoke", resume=resume,
+    return runner.ReportRun(run_dir=run_dir, preset=preset, command="tensorf-bench report --preset smoke", resume=resume,
                         progress=False, stage_overrides=fakes.overrides(preset), **kw)
 
 
@@ -106,9 +107,9 @@ def test_refuses_a_used_folder_and_a_bad_resume(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "something").write_text("x")
-    with pytest.raises(rr.ReportError, match="--resume"):
+    with pytest.raises(runner.ReportError, match="--resume"):
         _runner(run, FakeStages()).run()
-    with pytest.raises(rr.ReportError, match="not a report run"):
+    with pytest.raises(runner.ReportError, match="not a report run"):
         _runner(tmp_path / "nothing", FakeStages(), resume=True).run()
 
 
@@ -119,8 +120,8 @@ def test_skip_and_only_select_stages(tmp_path):
 
 
 def test_parity_not_available_is_skipped_not_failed(tmp_path, monkeypatch):
-    monkeypatch.setattr(rr, "parity_available", lambda: False)
-    status, error, data = rr.stage_parity(None)
+    monkeypatch.setattr(stages, "parity_available", lambda: False)
+    status, error, data = stages.stage_parity(None)
     assert status == "skipped" and "no `tensorf-bench parity`" in error and data == {"available": False}
 
 
@@ -128,14 +129,14 @@ def test_run_child_logs_output_times_out_and_names_the_error(tmp_path):
     lines = []
     code = ("import sys\nprint('hello', flush=True)\nprint('@@progress {\"step\": 1}', flush=True)\n"
             "raise MemoryError('out of memory in step 3')\n")
-    rc, tail = rr.run_child([sys.executable, "-c", code], tmp_path / "a.log", env=rr.child_env(), timeout_s=60,
+    rc, tail = children.run_child([sys.executable, "-c", code], tmp_path / "a.log", env=children.child_env(), timeout_s=60,
                             on_line=lines.append)
     assert rc == 1 and "hello" in lines and (tmp_path / "a.log").read_text().count("\nhello\n") == 1
-    assert rr._error_line(rc, tail) == "MemoryError: out of memory in step 3"
-    rc, tail = rr.run_child([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "b.log",
-                            env=rr.child_env(), timeout_s=1)
-    assert rc == 124 and "time limit" in rr._error_line(rc, tail)
-    assert rr._error_line(-9, []).startswith("killed by signal 9")
+    assert children.error_line(rc, tail) == "MemoryError: out of memory in step 3"
+    rc, tail = children.run_child([sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "b.log",
+                            env=children.child_env(), timeout_s=1)
+    assert rc == 124 and "time limit" in children.error_line(rc, tail)
+    assert children.error_line(-9, []).startswith("killed by signal 9")
 
 
 @pytest.mark.filterwarnings("ignore:os.fork:RuntimeWarning")  # the thread case forks on purpose (preexec_fn)
@@ -145,28 +146,28 @@ def test_timed_out_child_is_interrupted_first_then_killed(tmp_path, monkeypatch)
     saved = tmp_path / "saved.txt"
     code = ("import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
             f"    open({str(saved)!r}, 'w').write('partial')\n")
-    rc, _ = rr.run_child([sys.executable, "-c", code], tmp_path / "a.log", env=rr.child_env(), timeout_s=4)
+    rc, _ = children.run_child([sys.executable, "-c", code], tmp_path / "a.log", env=children.child_env(), timeout_s=4)
     assert rc == 124 and saved.read_text() == "partial"
     # started in the background by a shell (SIGINT ignored, inherited by children): still interrupted
     saved.unlink()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        rc, _ = rr.run_child([sys.executable, "-c", code], tmp_path / "c.log", env=rr.child_env(), timeout_s=4)
+        rc, _ = children.run_child([sys.executable, "-c", code], tmp_path / "c.log", env=children.child_env(), timeout_s=4)
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # this process's choice is left as it was
         assert rc == 124 and saved.read_text() == "partial"
         saved.unlink()
         out = {}  # the same from a thread (the child resets SIGINT itself)
-        t = threading.Thread(target=lambda: out.update(rc=rr.run_child(
-            [sys.executable, "-c", code], tmp_path / "d.log", env=rr.child_env(), timeout_s=4)[0]))
+        t = threading.Thread(target=lambda: out.update(rc=children.run_child(
+            [sys.executable, "-c", code], tmp_path / "d.log", env=children.child_env(), timeout_s=4)[0]))
         t.start()
         t.join(60)
     finally:
         signal.signal(signal.SIGINT, previous)
     assert out.get("rc") == 124 and saved.read_text() == "partial"
-    monkeypatch.setattr(rr, "INTERRUPT_GRACE_S", 1.0)
+    monkeypatch.setattr(children, "INTERRUPT_GRACE_S", 1.0)
     stubborn = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)\n"
     t0 = time.monotonic()
-    rc, _ = rr.run_child([sys.executable, "-c", stubborn], tmp_path / "b.log", env=rr.child_env(), timeout_s=1)
+    rc, _ = children.run_child([sys.executable, "-c", stubborn], tmp_path / "b.log", env=children.child_env(), timeout_s=1)
     assert rc == 124 and time.monotonic() - t0 < 30
 
 
@@ -189,7 +190,7 @@ def test_quality_child_trains_evaluates_and_prunes(tmp_path, small_scene, framew
            "config": cfg.to_dict(), "data_dir": str(small_scene), "out_dir": str(out), "lpips": False,
            "keep_models": False, "keep_renders": False, "figure_views": ["r_1"]}
     (out / "job.json").write_text(json.dumps(job))
-    assert rr.quality_main(str(out / "job.json")) == 0
+    assert quality.quality_main(str(out / "job.json")) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["framework"] == framework and run["budget_s"] == pytest.approx(300.0)
     assert run["steps"] == 6 and run["eval"]["n_images"] == 2 and run["rays_per_s"] > 0
@@ -202,7 +203,7 @@ def test_quality_child_trains_evaluates_and_prunes(tmp_path, small_scene, framew
 def test_compare_two_runs(tmp_path):
     a = make_fake_run(tmp_path / "a")
     b = make_fake_run(tmp_path / "b", bench_scale=0.5, failed_quality="jax-all")
-    from tensorf_common.report.build import build_report
+    from tensorf_bench.report.build import build_report
 
     build_report(a)
     build_report(b)
@@ -215,7 +216,7 @@ def test_compare_two_runs(tmp_path):
 
 def test_cli_compare_and_report_errors(tmp_path, capsys):
     from tensorf_bench.cli import main
-    from tensorf_common.report.build import build_report
+    from tensorf_bench.report.build import build_report
 
     a = make_fake_run(tmp_path / "a")
     build_report(a)
@@ -231,7 +232,7 @@ def test_cli_compare_and_report_errors(tmp_path, capsys):
 def test_run_benchmarks_records_json_outcomes_and_progress(tmp_path):
     """The benchmark stage's subprocess on one cheap benchmark (smoke size, timed once)."""
     seen = []
-    res = rr.run_benchmarks(tmp_path / "b.json", tmp_path / "o.jsonl", tmp_path / "b.log", "smoke", timeout_s=600,
+    res = stages.run_benchmarks(tmp_path / "b.json", tmp_path / "o.jsonl", tmp_path / "b.log", "smoke", timeout_s=600,
                             extra_args=("-k", "test_framework and field and torch"),
                             progress=lambda f, t: seen.append((f, t)))
     assert res["returncode"] == 0 and res["error"] is None, (tmp_path / "b.log").read_text()[-2000:]
@@ -248,7 +249,17 @@ def test_run_benchmarks_records_json_outcomes_and_progress(tmp_path):
 def test_bench_targets_list_every_benchmark_file_most_informative_first():
     from pathlib import Path
 
-    targets = rr.bench_targets()
-    on_disk = sorted(f"benchmarks/{p.name}" for p in (Path(rr.REPO_ROOT) / "benchmarks").glob("test_*.py"))
+    targets = stages.bench_targets()
+    on_disk = sorted(f"benchmarks/{p.name}" for p in (Path(children.REPO_ROOT) / "benchmarks").glob("test_*.py"))
     assert sorted(targets) == on_disk and len(set(targets)) == len(targets)
     assert targets[0] == "benchmarks/test_precision.py" and targets[1] == "benchmarks/test_framework.py"
+
+
+def test_quality_child_entry_point_is_the_module_the_stage_spawns():
+    """``quality_stage`` starts ``python -m tensorf_bench.report_runner quality JOB.json``: that module
+    runs (its usage line and exit 2 without a job)."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-m", "tensorf_bench.report_runner"], capture_output=True, text=True,
+                         cwd=children.REPO_ROOT, timeout=120)
+    assert out.returncode == 2 and "python -m tensorf_bench.report_runner quality JOB.json" in out.stderr

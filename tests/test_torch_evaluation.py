@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import torch
 
-from tensorf_common.config import FieldConfig, RenderConfig
+from tensorf_common.config import SMALL_FIELD, RenderConfig
 from tensorf_common.evaluation import read_metrics
 from tensorf_common.images import read_rgba
 from tensorf_common.metrics import psnr
-from torch_reference.evaluation import depth_to_u8, evaluate_split, render_view
+from torch_reference.evaluation import evaluate_split, render_view
 from torch_reference.model import TensorBase
 
-FIELD = FieldConfig(density_n_comp=(4, 4, 4), app_n_comp=(8, 8, 8), app_dim=12, feature_c=32, density_shift=-2.0)
+FIELD = dataclasses.replace(SMALL_FIELD, density_shift=-2.0)
 
 
 def _model(ds, appearance="topk"):
@@ -52,7 +53,3 @@ def test_evaluate_split_writes_named_renders_and_metrics(small_dataset, tmp_path
     assert back.mean["lpips_alex"] is None and back.settings["backend"] == "torch"
     assert json.loads((tmp_path / "metrics.json").read_text())["settings"]["views"] == [0, 2]
 
-
-def test_depth_to_u8_maps_near_white_far_black():
-    d = depth_to_u8(np.array([2.0, 4.0, 6.0, 9.0]), 2.0, 6.0)
-    assert d.tolist() == [255, 128, 0, 0]

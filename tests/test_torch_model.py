@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tensorf_common.config import ConfigError, FieldConfig, RenderConfig
-from tensorf_common.geometry import step_size_and_n_samples
+from tensorf_common.geometry import BLENDER_NEAR_FAR, step_size_and_n_samples
 from torch_reference.checkpoint import OFFICIAL_KWARGS
 from torch_reference.model import TensorBase, TensorCP, TensorVMSplit, model_class, render_batched
 
@@ -99,14 +99,14 @@ def test_official_init_scales_and_seed():
 def test_from_config_maps_the_project_configs():
     fc = FieldConfig(density_n_comp=(2, 2, 2), app_n_comp=(3, 3, 3), app_dim=12, feature_c=8, init_scale=0.5)
     rc = RenderConfig(step_ratio=0.25, alpha_mask_thres=1e-3, appearance="topk", topk=4)
-    m = TensorBase.from_config(fc, rc, AABB, [6, 6, 6], [2.0, 6.0])
+    m = TensorBase.from_config(fc, rc, AABB, [6, 6, 6], BLENDER_NEAR_FAR)
     assert isinstance(m, TensorVMSplit) and m.step_ratio == 0.25 and m.alphaMask_thres == 1e-3
     assert m.appearance == "topk" and m.topk == 4 and m.init_scale == 0.5
     assert m.get_kwargs()["shadingMode"] == "MLP_Fea" and m.get_kwargs()["featureC"] == 8
-    cp = TensorBase.from_config(FieldConfig(model="CP", app_dim=12, feature_c=8), rc, AABB, [6, 6, 6], [2.0, 6.0])
+    cp = TensorBase.from_config(FieldConfig(model="CP", app_dim=12, feature_c=8), rc, AABB, [6, 6, 6], BLENDER_NEAR_FAR)
     assert isinstance(cp, TensorCP) and cp.density_n_comp == [16]
     with pytest.raises(ConfigError, match="field.model"):
-        TensorCP.from_config(fc, rc, AABB, [6, 6, 6], [2.0, 6.0])
+        TensorCP.from_config(fc, rc, AABB, [6, 6, 6], BLENDER_NEAR_FAR)
     assert model_class("TensorCP") is TensorCP
     with pytest.raises(ConfigError):
         model_class("TensorVM")

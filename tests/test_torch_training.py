@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from tensorf_common.config import ConfigError, FieldConfig, RenderConfig, TrainConfig
-from tensorf_common.data import BatchSampler
+from tensorf_common.config import SMALL_FIELD, ConfigError, RenderConfig, TrainConfig
+from tensorf_common.data.sampler import BatchSampler
 from torch_reference.checkpoint import resume
 from torch_reference.model import TensorBase
 from torch_reference.training import (
@@ -26,7 +27,7 @@ from torch_reference.training import (
 
 AABB = [[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]
 NEAR_FAR = [1.0, 5.0]
-FIELD = FieldConfig(density_n_comp=(4, 4, 4), app_n_comp=(8, 8, 8), app_dim=12, feature_c=32, density_shift=-4.0)
+FIELD = dataclasses.replace(SMALL_FIELD, density_shift=-4.0)
 
 
 def sphere_rays(n: int, seed: int = 0, radius: float = 0.6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,15 +17,9 @@ import numpy as np
 import torch
 
 from tensorf_common.evaluation import EvalResults, evaluate_images, write_metrics
-from tensorf_common.images import to_uint8, write_png
+from tensorf_common.images import to_uint8, write_depth_png, write_png
 
 from .model import TensorBase, render_batched
-
-
-def depth_to_u8(depth: np.ndarray, near: float, far: float) -> np.ndarray:
-    """Distance -> 8-bit grey, near white, far black (as the JAX twin)."""
-    t = np.clip((np.asarray(depth) - near) / max(far - near, 1e-6), 0.0, 1.0)
-    return np.round((1.0 - t) * 255.0).astype(np.uint8)
 
 
 @torch.no_grad()
@@ -90,8 +84,7 @@ def evaluate_split(
         if out_dir is not None and write_images:
             (out_dir / "depth").mkdir(parents=True, exist_ok=True)
             write_png(out_dir / f"{name}.png", to_uint8(out["rgb"]))
-            d8 = depth_to_u8(out["depth"], near, far)
-            write_png(out_dir / "depth" / f"{name}.png", np.repeat(d8[..., None], 3, axis=-1))
+            write_depth_png(out_dir / "depth" / f"{name}.png", out["depth"], near, far)
         if progress is not None:
             progress(i + 1, len(views))
     info = {

@@ -19,11 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from tensorf_common.config import ConfigError
-
-MAT_MODE: tuple[tuple[int, int], ...] = ((0, 1), (0, 2), (1, 2))
-"""Plane k spans axes MAT_MODE[k] = (width axis, height axis) (official ``matMode``)."""
-VEC_MODE: tuple[int, ...] = (2, 1, 0)
-"""Line k runs along axis VEC_MODE[k] (official ``vecMode``)."""
+from tensorf_common.geometry import MAT_MODE, VEC_MODE, line_size, plane_size
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,13 +102,12 @@ def feature2density(feature: Tensor, shift: float, act: str) -> Tensor:
 
 def plane_shape(grid_size: Sequence[int], k: int, comps: int) -> tuple[int, int, int, int]:
     """Official shape (1, C, H, W) of plane k."""
-    a, b = MAT_MODE[k]
-    return (1, int(comps), int(grid_size[b]), int(grid_size[a]))
+    return (1, int(comps), *plane_size(grid_size, k))
 
 
 def line_shape(grid_size: Sequence[int], k: int, comps: int) -> tuple[int, int, int, int]:
     """Official shape (1, C, L, 1) of line k."""
-    return (1, int(comps), int(grid_size[VEC_MODE[k]]), 1)
+    return (1, int(comps), line_size(grid_size, k), 1)
 
 
 def init_vm(

@@ -23,6 +23,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
+from tensorf_common.config import OFFICIAL_CLASS_DEFAULTS as _OFFICIAL
 from tensorf_common.config import ConfigError, FieldConfig, RenderConfig
 from tensorf_common.geometry import step_size_and_n_samples
 
@@ -42,9 +43,10 @@ def _as_list(n: Union[int, Sequence[int]], count: int) -> list[int]:
 class TensorBase(nn.Module):
     """Shared state and behaviour of the VM and CP models (official ``TensorBase``).
 
-    Args are the official ones; ``device`` is where parameters live. ``init_scale`` overrides the
-    official normal-init std (0.1 VM, 0.2 CP) and is not saved. ``appearance`` / ``topk`` choose the
-    samples that get appearance (official: ``threshold``); they are not saved either.
+    Args are the official ones with the official defaults (``tensorf_common.config.OFFICIAL_CLASS_DEFAULTS``);
+    ``device`` is where parameters live. ``init_scale`` overrides the official normal-init std (0.1 VM,
+    0.2 CP) and is not saved. ``appearance`` / ``topk`` choose the samples that get appearance
+    (official: ``threshold``); they are not saved either.
     """
 
     default_init_scale = 0.1
@@ -54,22 +56,22 @@ class TensorBase(nn.Module):
         aabb,
         gridSize: Sequence[int],
         device: Union[str, torch.device] = "cpu",
-        density_n_comp: Union[int, Sequence[int]] = 8,
-        appearance_n_comp: Union[int, Sequence[int]] = 24,
-        app_dim: int = 27,
-        shadingMode: str = "MLP_PE",
+        density_n_comp: Union[int, Sequence[int]] = _OFFICIAL["density_n_comp"],
+        appearance_n_comp: Union[int, Sequence[int]] = _OFFICIAL["appearance_n_comp"],
+        app_dim: int = _OFFICIAL["app_dim"],
+        shadingMode: str = _OFFICIAL["shadingMode"],
         alphaMask: Optional[AlphaGridMask] = None,
-        near_far: Sequence[float] = (2.0, 6.0),
-        density_shift: float = -10,
-        alphaMask_thres: float = 0.001,
-        distance_scale: float = 25,
-        rayMarch_weight_thres: float = 0.0001,
-        pos_pe: int = 6,
-        view_pe: int = 6,
-        fea_pe: int = 6,
-        featureC: int = 128,
-        step_ratio: float = 2.0,
-        fea2denseAct: str = "softplus",
+        near_far: Sequence[float] = _OFFICIAL["near_far"],
+        density_shift: float = _OFFICIAL["density_shift"],
+        alphaMask_thres: float = _OFFICIAL["alphaMask_thres"],
+        distance_scale: float = _OFFICIAL["distance_scale"],
+        rayMarch_weight_thres: float = _OFFICIAL["rayMarch_weight_thres"],
+        pos_pe: int = _OFFICIAL["pos_pe"],
+        view_pe: int = _OFFICIAL["view_pe"],
+        fea_pe: int = _OFFICIAL["fea_pe"],
+        featureC: int = _OFFICIAL["featureC"],
+        step_ratio: float = _OFFICIAL["step_ratio"],
+        fea2denseAct: str = _OFFICIAL["fea2denseAct"],
         *,
         init_scale: Optional[float] = None,
         appearance: str = "threshold",

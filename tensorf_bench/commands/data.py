@@ -78,13 +78,14 @@ class Inspect:
         import numpy as np
 
         from tensorf_common.bounds import carve_visual_hull
-        from tensorf_common.data import load_blender, resolve_data_dir
+        from tensorf_common.data.blender import load_blender
+        from tensorf_common.data.scene_cache import resolve_data_dir
         from tensorf_common.errors import DatasetError
 
         if self.carve_resolution == 1 or self.carve_resolution < 0:
             raise DatasetError(f"--carve-resolution: must be 0 (skip) or >= 2, got {self.carve_resolution}")
         if self.data is None:
-            from tensorf_common.data import scene_cache_dir
+            from tensorf_common.data.scene_cache import scene_cache_dir
             from tensorf_common.scene import SCENE_MARKER
 
             cached = scene_cache_dir()

@@ -267,28 +267,15 @@ def _module_summary(comparisons: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a report is meant to be read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(report: dict[str, Any], out: Path) -> tuple[Path, Path]:
     """Write ``parity.md`` and ``parity.json`` into ``out`` (atomically); returns both paths."""
     import json
 
+    from tensorf_common.atomic import write_text
+
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md, js = out / "parity.md", out / "parity.json"
-    _atomic_write_text(js, json.dumps(report, indent=2, sort_keys=True) + "\n")
-    _atomic_write_text(md, render_markdown(report))
+    write_text(js, json.dumps(report, indent=2, sort_keys=True) + "\n")
+    write_text(md, render_markdown(report))
     return md, js

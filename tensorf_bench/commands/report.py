@@ -41,10 +41,10 @@ class Bench:
     """Seconds before the suite is stopped."""
 
     def run(self) -> int:
-        from tensorf_bench.report_runner import run_benchmarks
-        from tensorf_common.report.io import read_json
-        from tensorf_common.report.results import benchmark_rows, benchmark_problems, read_outcomes
-        from tensorf_common.report.tables import fmt_rate, fmt_seconds
+        from tensorf_bench.report_runner.stages import run_benchmarks
+        from tensorf_bench.report.io import read_json
+        from tensorf_bench.report.results import benchmark_rows, benchmark_problems, read_outcomes
+        from tensorf_bench.report.tables import fmt_rate, fmt_seconds
 
         out = Path(self.out or Path("runs") / f"bench-{self.size}-{datetime.datetime.now():%Y%m%d-%H%M%S}.json").resolve()
         outcomes = out.with_suffix(".outcomes.jsonl")
@@ -71,12 +71,6 @@ class Bench:
         return 0 if res["returncode"] == 0 else 1
 
 
-def _preset_names() -> str:
-    from tensorf_common.report.presets import REPORT_PRESETS
-
-    return ", ".join(REPORT_PRESETS)
-
-
 @dataclass
 class Report:
     """Run the benchmarks and the quality runs (same data, batches and wall-clock budget per compared
@@ -90,7 +84,7 @@ class Report:
 
     preset: str = "quick"
     """Report preset: quick (built-in scene, about 10 min on 2 CPU cores), full (lego-sized, about an
-    hour), gpu (one H100/H200, about 9 min)."""
+    hour), gpu (one H100/H200, about 9 min), smoke (tests of the runner, seconds of training)."""
     data: Optional[str] = None
     """Dataset folder (Blender format); default: the built-in procedural scene."""
     out: Optional[Path] = None
@@ -111,9 +105,9 @@ class Report:
     """Show a progress bar."""
 
     def run(self) -> int:
-        from tensorf_bench.report_runner import ReportError, ReportRun, default_run_id
-        from tensorf_common.report.io import read_json
-        from tensorf_common.report.presets import report_preset
+        from tensorf_bench.report_runner.run import ReportError, ReportRun, default_run_id
+        from tensorf_bench.report.io import read_json
+        from tensorf_bench.report.presets import report_preset
 
         if self.resume is not None:
             run_dir = Path(self.resume)
@@ -162,11 +156,11 @@ class Compare:
     """Also write the markdown to this file."""
 
     def run(self) -> int:
-        from tensorf_common.report.compare import compare_markdown
-        from tensorf_common.report.io import atomic_write_text
+        from tensorf_bench.report.compare import compare_markdown
+        from tensorf_common.atomic import write_text
 
         md = compare_markdown(self.run_a, self.run_b)
         if self.out is not None:
-            atomic_write_text(self.out, md)
+            write_text(self.out, md)
         print(md)
         return 0

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from tensorf_common.config import ConfigError, ExperimentConfig, preset
+from tensorf_common.config import ConfigError, ExperimentConfig, Precision, preset
 
 
 def _preset_from_argv(argv, default: str) -> str:
@@ -34,13 +34,17 @@ class Train:
     """Dataset folder; default: the built-in procedural scene (generated once into the cache)."""
     preset: str = "cpu"
     """Preset whose values are the defaults below: official (the published lego config), cpu (a
-    2-core CPU and a wall-clock budget), smoke (seconds, for tests)."""
+    2-core CPU and a wall-clock budget), gpu (one H100/H200 and a wall-clock budget), smoke (seconds,
+    for tests)."""
     out: Optional[Path] = None
     """Run folder (RUN_DIR); default: runs/<preset>-<timestamp>."""
     minutes: Optional[float] = None
     """Wall-clock training budget in minutes (overrides config.train.minutes)."""
     steps: Optional[int] = None
     """Training iterations (overrides config.train.n_iters)."""
+    precision: Optional[Precision] = None
+    """Compute precision of lookups, features and the MLP: fp32, bf16 or fp16 (overrides
+    config.train.precision; parameters and Adam stay fp32)."""
     resume: bool = False
     """Continue the run in --out from its checkpoint."""
     eval: bool = True
@@ -48,7 +52,8 @@ class Train:
     lpips: bool = True
     """Compute LPIPS (alex and vgg) in the evaluation."""
     progress: bool = True
-    """Show a progress bar."""
+    """Show a progress bar while stderr is a terminal (a redirected run logs the periodic step lines
+    only)."""
     config: ExperimentConfig = dataclasses.field(default_factory=lambda: preset("cpu"))
     """Every setting; the preset's values are the defaults."""
 
@@ -64,10 +69,12 @@ class Train:
             train = dataclasses.replace(train, minutes=self.minutes)
         if self.steps is not None:
             train = dataclasses.replace(train, n_iters=self.steps)
+        if self.precision is not None:
+            train = dataclasses.replace(train, precision=self.precision)
         return dataclasses.replace(cfg, train=train)
 
     def run(self) -> int:
-        from tensorf_common.data import resolve_data_dir
+        from tensorf_common.data.scene_cache import resolve_data_dir
 
         from jax_tensorf.run import train_run
 
@@ -78,7 +85,8 @@ class Train:
             raise ConfigError(f"--resume: {out}/checkpoint.npz does not exist")
         print(f"training ({self.preset}) on {data_dir} -> {out}", file=sys.stderr)
         summary = train_run(
-            cfg, data_dir, out, resume=self.resume, evaluate=self.eval, lpips=self.lpips, progress=self.progress
+            cfg, data_dir, out, resume=self.resume, evaluate=self.eval, lpips=self.lpips,
+            progress=self.progress and sys.stderr.isatty(),
         )
         print(
             f"steps {summary['steps']}, trained {summary['train_seconds']:.1f} s, "
@@ -129,7 +137,8 @@ class Eval:
     def run(self) -> int:
         import json
 
-        from tensorf_common.data import load_blender, resolve_data_dir
+        from tensorf_common.data.blender import load_blender
+        from tensorf_common.data.scene_cache import resolve_data_dir
 
         from jax_tensorf.evaluation import evaluate_split
 
@@ -182,10 +191,11 @@ class Render:
 
         import numpy as np
 
-        from tensorf_common.data import load_blender, resolve_data_dir
-        from tensorf_common.images import to_uint8, write_png
+        from tensorf_common.data.blender import load_blender
+        from tensorf_common.data.scene_cache import resolve_data_dir
+        from tensorf_common.images import to_uint8, write_depth_png, write_png
 
-        from jax_tensorf.evaluation import depth_to_u8, render_view
+        from jax_tensorf.evaluation import render_view
 
         path = _checkpoint_path(self.run_dir, self.ckpt)
         model, cfg = _load_model(path)
@@ -202,8 +212,7 @@ class Render:
             r = render_view(model, split, v)
             name = split.frame_names[v]
             write_png(out / f"{name}.png", to_uint8(r["rgb"]))
-            d8 = depth_to_u8(r["depth"], *model.near_far)
-            write_png(out / "depth" / f"{name}.png", np.repeat(d8[..., None], 3, -1))
+            write_depth_png(out / "depth" / f"{name}.png", r["depth"], *model.near_far)
         print(f"wrote {len(self.views)} views to {out}")
         if self.orbit > 0:
             gif = render_orbit(model, split, self.orbit, out / "orbit.gif")
@@ -218,7 +227,7 @@ def render_orbit(model, split, n_frames: int, path: Path) -> Path:
     import numpy as np
 
     from tensorf_common.atomic import atomic_path
-    from tensorf_common.data import get_ray_directions, get_rays
+    from tensorf_common.data.rays import get_ray_directions, get_rays
     from tensorf_common.images import to_uint8
 
     centres = split.c2w[:, :3, 3]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from ..atomic import json_default, write_bytes, write_text
+from tensorf_common.atomic import json_default, write_text
 
 PathLike = Union[str, os.PathLike]
 
@@ -35,13 +35,10 @@ def clean_json(obj: Any) -> Any:
     return obj
 
 
-atomic_write_bytes = write_bytes
-atomic_write_text = write_text
-
-
 def atomic_write_json(path: PathLike, obj: Any) -> Path:
+    """Strict JSON (non-finite floats as strings, see :func:`clean_json`), written atomically."""
     text = json.dumps(clean_json(json.loads(json.dumps(obj, default=json_default))), indent=1, allow_nan=False)
-    return atomic_write_text(path, text + "\n")
+    return write_text(path, text + "\n")
 
 
 def read_json(path: PathLike, default: Any = None) -> Any:

@@ -350,9 +350,16 @@ def generic_table(rows: list[dict], group: str) -> Table:
                   Column("median_s", "median", fmt_seconds, "min"), _throughput_col(df)], block=["workload"])
 
 
+def fmt_compiles(n: Any, seconds: Any) -> str:
+    """``count (total seconds)``; ``0`` for a run that compiled nothing (torch), ``–`` when not recorded."""
+    if not _finite(n):
+        return "–"
+    return f"{int(n)} ({fmt_seconds(seconds)})" if int(n) else "0"
+
+
 def quality_table(rows: list[dict]) -> Table:
     df = pd.DataFrame(rows)
-    for key in ("rays_per_s", "compile_seconds", "n_compiles"):
+    for key in ("rays_per_s", "compile_seconds", "n_compiles", "time_to_first_step"):
         if key not in df.columns:
             df[key] = None
     if not df.empty:
@@ -361,8 +368,7 @@ def quality_table(rows: list[dict]) -> Table:
             if r.get("framework") == "torch" and _finite(r.get("rays_per_s")):
                 torch_rate = float(r["rays_per_s"])
         df["vs_torch"] = [float(r) / torch_rate if torch_rate and _finite(r) else None for r in df["rays_per_s"]]
-        df["compiles"] = [f"{fmt_seconds(s)} ({int(n)})" if _finite(n) and n else "–"
-                          for s, n in zip(df["compile_seconds"], df["n_compiles"])]
+        df["compiles"] = [fmt_compiles(n, s) for n, s in zip(df["n_compiles"], df["compile_seconds"])]
     return Table(
         "Quality under the same wall-clock budget (test views)",
         df,
@@ -371,13 +377,16 @@ def quality_table(rows: list[dict]) -> Table:
          Column("lpips_alex", "LPIPS-alex ↓", fmt_float(4), "min"), Column("lpips_vgg", "LPIPS-vgg ↓", fmt_float(4), "min"),
          Column("steps", "steps", fmt_int, "max"), Column("rays_per_s", "train rays/s", fmt_rate, "max"),
          Column("vs_torch", "speed-up vs torch", fmt_ratio, "max"), Column("train_seconds", "trained", fmt_seconds),
-         Column("compiles", "compile (count)"), Column("grid_size", "final grid"),
+         Column("time_to_first_step", "time to first step", fmt_seconds), Column("compiles", "compiles"),
+         Column("grid_size", "final grid"),
          Column("peak_rss_bytes", "peak RSS", fmt_bytes, "min")]
         + ([Column("device_peak_bytes", "GPU peak", fmt_bytes, "min")]
            if any(_finite(r.get("device_peak_bytes")) for r in rows) else []),
         note="Every run: same data, batches, seed and budget; only the appearance strategy (or the framework) "
         "differs. Train rays/s excludes compilation and set-up; the budget includes them (JAX compiles "
-        "count against it). Evaluation uses the official threshold renderer for every run.",
+        "count against it). Time to first step: until the first training step ended, set-up and the first "
+        "compilation included. Compiles: how many, and their seconds in all. Evaluation uses the official "
+        "threshold renderer for every run.",
     )
 
 

@@ -120,16 +120,17 @@ def quality_row(rec: StageRecord, run: Optional[dict]) -> dict:
     }
     if not run:
         return row
-    compiles = run.get("compiles") or []
+    compiles = run.get("compiles")  # absent: not recorded; [] (torch): nothing compiled
     history = run.get("history") or []
     row.update(
         steps=run.get("steps"),
         train_seconds=_num(run.get("train_seconds")),
         setup_seconds=_num(run.get("setup_seconds")),
+        time_to_first_step=_num(run.get("time_to_first_step")),
         rays_per_s=_num(run.get("rays_per_s")),
         batch_size=((run.get("config") or {}).get("train") or {}).get("batch_size"),
-        n_compiles=len(compiles),
-        compile_seconds=sum(_num(c.get("seconds")) or 0.0 for c in compiles),
+        n_compiles=None if compiles is None else len(compiles),
+        compile_seconds=None if compiles is None else sum(_num(c.get("seconds")) or 0.0 for c in compiles),
         peak_rss_bytes=_num(run.get("peak_rss_bytes")),
         device_peak_bytes=_num(run.get("device_peak_bytes", run.get("cuda_peak_bytes"))),
         grid_size="x".join(str(g) for g in run.get("grid_size") or []) or None,

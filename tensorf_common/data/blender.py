@@ -1,16 +1,12 @@
-"""Blender (NeRF-Synthetic) datasets, camera rays and the training-batch sampler (numpy only).
+"""Blender (NeRF-Synthetic) datasets: the loader and the split that makes rays and colours on demand.
 
-Conventions (those of the official TensoRF ``dataLoader/blender.py`` and ``ray_utils.py``):
+Format (that of the official TensoRF ``dataLoader/blender.py``):
 
 * ``transforms_{split}.json`` holds ``camera_angle_x`` and ``frames[]`` with ``file_path`` (no
   extension: ``.png`` is appended) and ``transform_matrix``, a camera-to-world matrix in
   Blender/OpenGL axes (x right, y up, the camera looks along -z). Poses are converted to the OpenCV
-  convention (x right, y down, the camera looks along +z) with ``c2w @ diag(1, -1, -1, 1)``.
-* ``focal = 0.5 * W / tan(0.5 * camera_angle_x)`` at the loaded width; the principal point is the
-  image centre, ``(cx, cy) = (W / 2, H / 2)``.
-* Rays go through pixel centres: the camera-frame direction of column ``i``, row ``j`` is
-  ``((i + 0.5 - cx) / f, (j + 0.5 - cy) / f, 1)``; world directions are unit vectors and origins
-  are the camera centre.
+  convention (x right, y down, the camera looks along +z) with ``c2w @ diag(1, -1, -1, 1)``; rays
+  follow :mod:`tensorf_common.data.rays`.
 * RGBA images are composited on white, ``rgb * a + (1 - a)`` (on black, ``rgb * a``, when
   ``white_bg`` is false).
 
@@ -33,11 +29,9 @@ file and the field.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +39,9 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .errors import DatasetError
-from .geometry import BLENDER_AABB, BLENDER_NEAR_FAR, as_aabb
+from ..errors import DatasetError
+from ..geometry import BLENDER_AABB, BLENDER_NEAR_FAR, as_aabb
+from .rays import get_ray_directions, get_rays, normalize
 
 OPENGL_TO_OPENCV = np.diag([1.0, -1.0, -1.0, 1.0]).astype(np.float32)
 """Right-multiplied onto a Blender/OpenGL camera-to-world matrix to get the OpenCV convention."""
@@ -55,59 +50,6 @@ SPLITS = ("train", "val", "test")
 """The splits a Blender dataset may have."""
 
 PathLike = Union[str, os.PathLike]
-
-
-# --------------------------------------------------------------------------------------------
-# Rays
-# --------------------------------------------------------------------------------------------
-
-
-def _focal_pair(focal) -> tuple[float, float]:
-    f = np.atleast_1d(np.asarray(focal, dtype=np.float64))
-    if f.size == 1:
-        return float(f[0]), float(f[0])
-    if f.size == 2:
-        return float(f[0]), float(f[1])
-    raise ValueError(f"focal: expected a number or (fx, fy), got {focal!r}")
-
-
-def get_ray_directions(
-    H: int, W: int, focal, cx: Optional[float] = None, cy: Optional[float] = None
-) -> np.ndarray:
-    """Camera-frame (OpenCV) directions through every pixel centre, ``(H, W, 3)`` float32.
-
-    ``dirs[j, i] = ((i + 0.5 - cx) / fx, (j + 0.5 - cy) / fy, 1)``: not normalised (z = 1), as in the
-    official ``get_ray_directions``; :func:`get_rays` normalises. ``focal`` is a number or
-    ``(fx, fy)``; ``cx, cy`` default to ``W / 2, H / 2``.
-    """
-    fx, fy = _focal_pair(focal)
-    cx = W / 2.0 if cx is None else float(cx)
-    cy = H / 2.0 if cy is None else float(cy)
-    i = (np.arange(W, dtype=np.float32) + np.float32(0.5) - np.float32(cx)) / np.float32(fx)
-    j = (np.arange(H, dtype=np.float32) + np.float32(0.5) - np.float32(cy)) / np.float32(fy)
-    dirs = np.empty((H, W, 3), dtype=np.float32)
-    dirs[..., 0] = i[None, :]
-    dirs[..., 1] = j[:, None]
-    dirs[..., 2] = 1.0
-    return dirs
-
-
-def _normalize(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=-1, keepdims=True)
-
-
-def get_rays(dirs_cam: np.ndarray, c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """World rays of one camera: ``(origins (N, 3), unit directions (N, 3))`` float32.
-
-    ``dirs_cam`` is ``(..., 3)`` in the camera frame (e.g. from :func:`get_ray_directions`), ``c2w``
-    a ``(3, 4)`` or ``(4, 4)`` OpenCV camera-to-world matrix. Directions are rotated with
-    ``dirs @ c2w[:3, :3].T`` and normalised; every origin is the camera centre ``c2w[:3, 3]``.
-    """
-    c2w = np.asarray(c2w, dtype=np.float32)
-    d = np.asarray(dirs_cam, dtype=np.float32).reshape(-1, 3) @ c2w[:3, :3].T
-    d = _normalize(d).astype(np.float32, copy=False)
-    o = np.broadcast_to(c2w[:3, 3], d.shape).astype(np.float32)
-    return o, d
 
 
 def composite(rgba_u8: np.ndarray, white_bg: bool = True) -> np.ndarray:
@@ -137,11 +79,6 @@ def area_downsample(image: np.ndarray, factor: int) -> np.ndarray:
             acc += x[i::factor, j::factor]
     acc *= np.float32(1.0 / (factor * factor))
     return acc
-
-
-# --------------------------------------------------------------------------------------------
-# Splits and datasets
-# --------------------------------------------------------------------------------------------
 
 
 @dataclass(eq=False, repr=False)
@@ -268,7 +205,7 @@ class SplitData:
         d[..., 2] = 1.0
         c2w = self.c2w[view]
         dw = np.einsum("...ij,...j->...i", c2w[..., :3, :3], d)
-        dw = _normalize(dw).astype(np.float32, copy=False)
+        dw = normalize(dw).astype(np.float32, copy=False)
         o = np.ascontiguousarray(c2w[..., :3, 3])
         return o, dw
 
@@ -414,7 +351,7 @@ def load_split(
     stride: int = 1,
 ) -> SplitData:
     """Load one split (``transforms_{split}.json`` and its images). See :func:`load_blender`."""
-    from .images import read_image_size, read_rgba
+    from ..images import read_image_size, read_rgba
 
     root = Path(root)
     if isinstance(downsample, bool) or int(downsample) != downsample or downsample < 1:
@@ -582,255 +519,3 @@ def load_from_config(root: PathLike, data_cfg, splits: Sequence[str] = ("train",
         max_views={"test": data_cfg.max_test_views} if data_cfg.max_test_views is not None else None,
         stride={"test": data_cfg.test_stride},
     )
-
-
-# --------------------------------------------------------------------------------------------
-# The built-in procedural scene
-# --------------------------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    """``$TENSORF_BENCH_CACHE`` if set, else ``~/.cache/tensorf-bench``."""
-    env = os.environ.get("TENSORF_BENCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "tensorf-bench"
-
-
-def scene_cache_dir(scene_kwargs: Optional[Mapping[str, Any]] = None) -> Path:
-    """Where the procedural scene with these options lives: ``cache_root()/scene-<hash>``.
-
-    The hash covers every option of :func:`tensorf_common.scene.make_scene` (defaults filled in)
-    and the renderer's version, so a change to either gives a new folder.
-    """
-    from .scene import SCENE_VERSION, scene_params
-
-    params = scene_params(**dict(scene_kwargs or {}))
-    blob = json.dumps({"version": SCENE_VERSION, **params}, sort_keys=True).encode()
-    return cache_root() / f"scene-{hashlib.sha256(blob).hexdigest()[:12]}"
-
-
-def resolve_data_dir(path: Optional[PathLike] = None, *, scene_kwargs: Optional[Mapping[str, Any]] = None) -> Path:
-    """The dataset folder to use.
-
-    A given ``path`` must be an existing directory (else :class:`DatasetError`). ``None`` means the
-    built-in procedural scene (:func:`tensorf_common.scene.make_scene` with ``scene_kwargs`` over
-    its defaults), generated once into :func:`scene_cache_dir`. Generation renders into a temporary
-    sibling folder that is renamed into place, so a killed generation never leaves a half scene,
-    and two processes racing both end up with the same complete folder.
-    """
-    if path is not None:
-        p = Path(path).expanduser()
-        if not p.exists():
-            raise DatasetError(f"{_fmt_path(p)}: dataset directory does not exist")
-        if not p.is_dir():
-            raise DatasetError(f"{_fmt_path(p)}: not a directory")
-        return p
-    from .scene import SCENE_MARKER, make_scene
-
-    target = scene_cache_dir(scene_kwargs)
-    if (target / SCENE_MARKER).is_file():
-        return target
-    if target.exists():  # a folder without the marker: not ours or damaged; replace it
-        shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        make_scene(target, **dict(scene_kwargs or {}))
-    except DatasetError:
-        # Lost a race: another process renamed its complete scene into place first.
-        if (target / SCENE_MARKER).is_file():
-            return target
-        raise
-    return target
-
-
-# --------------------------------------------------------------------------------------------
-# Training-batch sampler
-# --------------------------------------------------------------------------------------------
-
-
-class BatchSampler:
-    """Deterministic random batches of flat ray indices (the official ``SimpleSampler``, made
-    resumable).
-
-    The pool of indices is shuffled once per epoch with a generator seeded by ``(seed, epoch)``;
-    batches are consecutive slices of the concatenated epoch permutations, so every batch has
-    exactly ``batch_size`` indices (a batch can straddle two epochs) and every index is drawn once
-    per epoch. ``state_dict`` / ``load_state_dict`` restore the position exactly, so a resumed run
-    draws bit-identical batches. :meth:`restrict` narrows the pool (ray filtering) and starts a new
-    epoch; it is deterministic too, and the restricted pool is part of the state.
-    """
-
-    def __init__(self, n_total_or_indices, batch_size: int, seed: int = 0) -> None:
-        if int(batch_size) <= 0:
-            raise ValueError(f"batch_size: must be positive, got {batch_size}")
-        self.batch_size = int(batch_size)
-        self.seed = int(seed)
-        if np.ndim(n_total_or_indices) == 0:
-            n = int(n_total_or_indices)
-            if n <= 0:
-                raise ValueError(f"BatchSampler: need at least one index, got n_total={n}")
-            self.universe = n
-            self._pool: Optional[np.ndarray] = None  # None = arange(universe)
-        else:
-            idx = np.unique(np.asarray(n_total_or_indices, dtype=np.int64).reshape(-1))
-            if idx.size == 0:
-                raise ValueError("BatchSampler: the index array is empty")
-            if idx[0] < 0:
-                raise ValueError("BatchSampler: indices must be non-negative")
-            self.universe = int(idx[-1]) + 1
-            self._pool = None if idx.size == self.universe else idx.astype(self._index_dtype(self.universe))
-        self.epoch = 0
-        self.pos = 0
-        self._perm: Optional[np.ndarray] = None
-        self._perm_epoch = -1
-
-    @property
-    def pool_size(self) -> int:
-        """Number of indices batches are drawn from."""
-        return self.universe if self._pool is None else int(self._pool.size)
-
-    def pool(self) -> np.ndarray:
-        """The sorted int64 indices batches are drawn from."""
-        return np.arange(self.universe, dtype=np.int64) if self._pool is None else self._pool.astype(np.int64)
-
-    def at(self, positions) -> np.ndarray:
-        """The pool's entries at ``positions`` (0 <= p < pool_size), int64, without copying the pool."""
-        pos = np.asarray(positions, dtype=np.int64)
-        return pos.copy() if self._pool is None else self._pool[pos].astype(np.int64)
-
-    @staticmethod
-    def _index_dtype(universe: int):
-        """int32 while every index fits (16M rays of a 400x400 x 100-view split: 64 MB less for the
-        pool and again for the epoch permutation); batches are int64 either way."""
-        return np.int32 if universe < 2**31 else np.int64
-
-    def _permutation(self) -> np.ndarray:
-        if self._perm_epoch != self.epoch:
-            rng = np.random.default_rng(np.random.SeedSequence([self.seed & 0xFFFFFFFF, self.seed >> 32, self.epoch]))
-            perm = rng.permutation(self.pool_size)
-            self._perm = perm.astype(self._index_dtype(self.universe)) if self._pool is None else self._pool[perm]
-            self._perm_epoch = self.epoch
-        assert self._perm is not None
-        return self._perm
-
-    def next(self) -> np.ndarray:
-        """The next batch: ``batch_size`` int64 indices."""
-        out = np.empty(self.batch_size, dtype=np.int64)
-        filled = 0
-        while filled < self.batch_size:
-            perm = self._permutation()
-            take = min(self.batch_size - filled, perm.size - self.pos)
-            out[filled : filled + take] = perm[self.pos : self.pos + take]
-            filled += take
-            self.pos += take
-            if self.pos >= perm.size:
-                self.epoch += 1
-                self.pos = 0
-        return out
-
-    __next__ = next
-
-    def __iter__(self) -> "BatchSampler":
-        return self
-
-    def restrict(self, indices) -> int:
-        """Draw later batches only from ``indices`` (intersected with the current pool).
-
-        ``indices`` is either an integer array of flat indices, or a boolean array with one entry
-        per index of the current pool (in sorted pool order; e.g. a keep-mask over all rays when
-        the pool is everything). Starts a new epoch. Returns the new pool size.
-        """
-        ind = np.asarray(indices)
-        keep = np.zeros(self.universe, dtype=bool)
-        if ind.dtype == bool:
-            ind = ind.reshape(-1)
-            if ind.size != self.pool_size:
-                raise ValueError(f"restrict: boolean mask has {ind.size} entries, the pool has {self.pool_size}")
-            if self._pool is None:
-                keep[:] = ind
-            else:
-                keep[self._pool[ind]] = True
-        else:
-            ind = ind.astype(np.int64, copy=False).reshape(-1)
-            ind = ind[(ind >= 0) & (ind < self.universe)]
-            keep[ind] = True
-            if self._pool is not None:
-                current = np.zeros(self.universe, dtype=bool)
-                current[self._pool] = True
-                keep &= current
-        new_pool = np.flatnonzero(keep).astype(self._index_dtype(self.universe))
-        if new_pool.size == 0:
-            raise ValueError("restrict: no indices would be left to sample from")
-        self._pool = None if new_pool.size == self.universe else new_pool
-        self.epoch += 1
-        self.pos = 0
-        self._perm_epoch = -1
-        self._perm = None
-        return self.pool_size
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue bit-identically: plain ints and, when restricted, the pool
-        as a packed bit mask over ``[0, universe)`` (``pool_bits``, a uint8 numpy array of
-        ``ceil(universe / 8)`` bytes; None while unrestricted, so an unrestricted state is
-        JSON-serialisable as it is)."""
-        state: dict[str, Any] = {
-            "version": 1,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "universe": self.universe,
-            "epoch": self.epoch,
-            "pos": self.pos,
-            "pool_size": self.pool_size,
-            "pool_bits": None,
-        }
-        if self._pool is not None:
-            mask = np.zeros(self.universe, dtype=bool)
-            mask[self._pool] = True
-            state["pool_bits"] = np.packbits(mask)
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Restore a :meth:`state_dict`. The batch size may differ only if you accept new batches;
-        the seed and universe must match what the state was made with."""
-        try:
-            if int(state["version"]) != 1:
-                raise ValueError(f"sampler state: unknown version {state['version']}")
-            universe = int(state["universe"])
-            bits = state["pool_bits"]
-            epoch, pos, pool_size = int(state["epoch"]), int(state["pos"]), int(state["pool_size"])
-            self.seed = int(state["seed"])
-            self.batch_size = int(state["batch_size"])
-        except KeyError as exc:
-            raise ValueError(f"sampler state: missing key {exc}") from None
-        if bits is None:
-            pool = None
-        else:
-            mask = np.unpackbits(np.asarray(bits, dtype=np.uint8), count=universe).astype(bool)
-            pool = np.flatnonzero(mask).astype(self._index_dtype(universe))
-            if pool.size == universe:
-                pool = None
-        size = universe if pool is None else pool.size
-        if size != pool_size or not 0 <= pos < max(size, 1):
-            raise ValueError(f"sampler state: inconsistent pool size {pool_size} / position {pos}")
-        self.universe = universe
-        self._pool = pool
-        self.epoch, self.pos = epoch, pos
-        self._perm, self._perm_epoch = None, -1
-
-
-__all__ = [
-    "OPENGL_TO_OPENCV",
-    "SPLITS",
-    "BatchSampler",
-    "BlenderDataset",
-    "SplitData",
-    "area_downsample",
-    "cache_root",
-    "composite",
-    "get_ray_directions",
-    "get_rays",
-    "load_blender",
-    "load_from_config",
-    "load_split",
-    "resolve_data_dir",
-    "scene_cache_dir",
-]

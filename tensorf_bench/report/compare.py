@@ -14,7 +14,7 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from ..errors import TensorfBenchError
+from tensorf_common.errors import TensorfBenchError
 from .io import read_json
 from .tables import Column, Table, fmt_float, fmt_rate, fmt_ratio, fmt_seconds
 

@@ -27,7 +27,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from ..config import THRESHOLD_APP_CAPACITY, ConfigError, ExperimentConfig, preset as training_preset
+from tensorf_common.config import SMALL_FIELD, THRESHOLD_APP_CAPACITY, ConfigError, ExperimentConfig, FieldConfig
+from tensorf_common.config import preset as training_preset
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,9 @@ class QualitySpec:
 
 
 Overrides = tuple[tuple[str, Any], ...]
+
+BUILD_ESTIMATE_S = 15.0
+"""Estimated seconds to build the report pages after the stages."""
 
 
 @dataclass(frozen=True)
@@ -107,11 +111,23 @@ class ReportPreset:
         train = dataclasses.replace(cfg.train, precision=spec.precision)
         return dataclasses.replace(cfg, render=render, train=train)
 
+    @property
+    def quality_estimate_s(self) -> float:
+        """Estimated seconds of one quality run: its budget and the overhead."""
+        return 60.0 * self.minutes + self.quality_overhead_s
+
     def quality_seconds(self) -> float:
-        return len(self.quality) * (60.0 * self.minutes + self.quality_overhead_s)
+        return len(self.quality) * self.quality_estimate_s
 
     def estimate_seconds(self) -> float:
-        return self.bench_estimate_s + self.quality_seconds() + (self.parity_estimate_s if self.parity else 0.0) + 15.0
+        """The whole run: every stage the preset plans, then building the pages."""
+        return (self.bench_estimate_s + self.quality_seconds() + (self.parity_estimate_s if self.parity else 0.0)
+                + BUILD_ESTIMATE_S)
+
+
+def _differences(cfg, base) -> Overrides:
+    """The fields of ``cfg`` that differ from ``base``, as overrides."""
+    return tuple((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if getattr(cfg, f.name) != getattr(base, f.name))
 
 
 def _compared_runs(k: int) -> tuple[QualitySpec, ...]:
@@ -155,7 +171,7 @@ def _quick() -> ReportPreset:
         training_preset="cpu",
         minutes=1.0,
         quality=CPU_RUNS,
-        field=(("density_n_comp", (4, 4, 4)), ("app_n_comp", (8, 8, 8)), ("app_dim", 12), ("feature_c", 32)),
+        field=_differences(SMALL_FIELD, FieldConfig()),
         # An iteration schedule over a long horizon keeps the learning rate constant: with a time
         # schedule a one-minute budget would spend its decay on set-up and compilation.
         train=(("schedule_unit", "iter"), ("n_iters", 100_000), ("upsample_at", ()), ("alpha_mask_at", ()),

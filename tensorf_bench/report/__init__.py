@@ -1,8 +1,9 @@
-"""Framework-neutral report building (numpy, pandas and matplotlib only; never jax or torch).
+"""Report building (numpy, pandas and matplotlib; never jax or torch). The runner that produces what
+it reads is :mod:`tensorf_bench.report_runner`.
 
-- :mod:`.presets`: the report presets (``quick``, ``full``, ``gpu``): benchmark size, quality runs,
-  budgets;
-- :mod:`.io`: atomic files, stage records (``RUN_DIR/stages/<name>.json``);
+- :mod:`.presets`: the report presets (``quick``, ``full``, ``gpu``, ``smoke``): benchmark size,
+  quality runs, budgets;
+- :mod:`.io`: stage records (``RUN_DIR/stages/<name>.json``), strict JSON written atomically;
 - :mod:`.machine`: machine, library versions, git commit, load (GPU details are passed in);
 - :mod:`.results`: the results model: benchmark rows from pytest-benchmark JSON, quality rows from
   run summaries, stage outcomes;

@@ -105,7 +105,7 @@ def git_info(repo: Path) -> dict[str, Optional[str]]:
 
 def machine_info(repo: Optional[Path] = None, gpu: Optional[list[dict]] = None) -> dict:
     """Everything the report header shows, collected now."""
-    from ..runtime import active_allocator
+    from tensorf_common.runtime import active_allocator
 
     repo = Path(repo) if repo is not None else Path(__file__).resolve().parents[2]
     return {

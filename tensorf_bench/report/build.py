@@ -20,8 +20,10 @@ from typing import Any, Optional, Sequence
 
 import pandas as pd
 
+from tensorf_common.atomic import write_bytes, write_text
+
 from . import plots, summary, tables
-from .io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json, read_stages
+from .io import atomic_write_json, read_json, read_stages
 from .results import (
     benchmark_problems,
     benchmark_rows,
@@ -365,15 +367,15 @@ def build_report(run_dir, load_end: Optional[Sequence[float]] = None) -> dict[st
     blocks = _header(res) + _section_blocks(res, figures)
     paths: dict[str, Path] = {}
     for name, png in figures.items():
-        paths[f"figure:{name}"] = atomic_write_bytes(run_dir / "figures" / f"{name}.png", png)
-    paths["markdown"] = atomic_write_text(run_dir / "index.md", render_markdown(blocks))
+        paths[f"figure:{name}"] = write_bytes(run_dir / "figures" / f"{name}.png", png)
+    paths["markdown"] = write_text(run_dir / "index.md", render_markdown(blocks))
     title = f"TensoRF benchmark report {res['meta'].get('run_id', '')}".strip()
-    paths["html"] = atomic_write_text(run_dir / "index.html", render_html(blocks, figures, title))
+    paths["html"] = write_text(run_dir / "index.html", render_html(blocks, figures, title))
     public = {k: v for k, v in res.items() if not k.startswith("_")}
     public["built"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     paths["json"] = atomic_write_json(run_dir / "results.json", public)
     for name, rows in (("benchmarks", res["benchmarks"]), ("quality", res["quality"]), ("per_view", res["per_view"])):
         text = _csv(rows)
         if text:
-            paths[f"csv:{name}"] = atomic_write_text(run_dir / f"{name}.csv", text)
+            paths[f"csv:{name}"] = write_text(run_dir / f"{name}.csv", text)
     return paths
