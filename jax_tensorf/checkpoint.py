@@ -21,6 +21,7 @@ import numpy as np
 from tensorf_common.atomic import atomic_path
 from tensorf_common.config import ExperimentConfig
 from tensorf_common.errors import CheckpointError
+from tensorf_common.geometry import BLENDER_NEAR_FAR
 
 FORMAT = "tensorf-bench-jax"
 VERSION = 1
@@ -154,7 +155,7 @@ def model_from_arrays(arrays: dict, meta: dict, where: str):
     except KeyError as exc:
         raise CheckpointError(f"{where}: missing array {exc.args[0]!r}") from None
     model = TensoRF(
-        cfg.field, cfg.render, params, state, tuple(meta.get("near_far", (2.0, 6.0))), bool(meta.get("white_bg", True))
+        cfg.field, cfg.render, params, state, tuple(meta.get("near_far", BLENDER_NEAR_FAR)), bool(meta.get("white_bg", True))
     )
     model.mask_grid_size = meta.get("mask_grid_size")
     _check_model_shapes(model, where)

@@ -41,7 +41,7 @@ import numpy as np
 
 from tensorf_common.config import ConfigError
 
-from tensorf_common.geometry import MAT_MODE, VEC_MODE
+from tensorf_common.geometry import MAT_MODE, VEC_MODE, line_size, plane_size
 
 from .appearance import dot_precision
 
@@ -374,12 +374,11 @@ def feature2density(feature: jax.Array, shift: float, act: str) -> jax.Array:
 
 
 def plane_shape(grid_size: Sequence[int], k: int, comps: int) -> tuple[int, int, int]:
-    a, b = MAT_MODE[k]
-    return (int(grid_size[b]), int(grid_size[a]), int(comps))
+    return (*plane_size(grid_size, k), int(comps))
 
 
 def line_shape(grid_size: Sequence[int], k: int, comps: int) -> tuple[int, int]:
-    return (int(grid_size[VEC_MODE[k]]), int(comps))
+    return (line_size(grid_size, k), int(comps))
 
 
 def init_vm(key: jax.Array, grid_size: Sequence[int], n_comp: Sequence[int], scale: float) -> dict:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tensorf_common.config import ConfigError, FieldConfig, RenderConfig
-from tensorf_common.geometry import step_size_and_n_samples
+from tensorf_common.geometry import BLENDER_NEAR_FAR, step_size_and_n_samples
 
 from . import alpha_mask as am
 from . import fields
@@ -27,6 +27,7 @@ from .appearance import apply_render, dot_precision, init_render_params
 from .precision import FP32, Policy
 from .rendering import RenderOptions, bucket_capacity, render_rays
 from .sampling import normalize_coord
+from .static_grid import map_grids, slice_grid
 from .xla import xla_options
 
 
@@ -171,6 +172,47 @@ def _valid_count_fn(near: float, far: float, n_samples: int):
 
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "mask_buf", "slab", "thres", "use_mask"))
+def buffered_alpha_mask(
+    params, state, reso, step, *, cfg: FieldConfig, mask_buf: tuple, slab: int, thres: float, use_mask: bool
+):
+    """The official ``updateAlphaMask`` on a grid of [X, Y, Z] = ``reso`` vertices (traced) over
+    ``state.aabb``, into a (Z, Y, X) buffer of ``mask_buf`` = (Xb, Yb, Zb): alpha at the vertices
+    (0 outside the current mask), dilated by a 3x3x3 max-pool and thresholded, which equals
+    thresholding first and dilating the result (a max reaches ``thres`` iff one of its inputs
+    does). Returns ``(mask buffer, any, first index (3,), last index (3,))``, indices [x, y, z]
+    of the set voxels for the new box. ``use_mask``: whether a mask is in use (else the buffer
+    holds the all-set placeholder, which is not queried)."""
+    Xb, Yb, Zb = mask_buf
+    n_slabs = -(-Xb // slab)
+    size_f = reso.astype(jnp.float32)
+    # jnp.linspace(0, 1, n) is i / (n - 1) in float32: the same vertices as dense_grid_points
+    axes = [jnp.arange(n, dtype=jnp.float32) / (size_f[d] - 1.0) for d, n in enumerate((n_slabs * slab, Yb, Zb))]
+    aabb = state.aabb
+
+    def one(j):
+        sx = jax.lax.dynamic_slice_in_dim(axes[0], j * slab, slab)
+        s = jnp.stack(jnp.meshgrid(sx, axes[1], axes[2], indexing="ij"), axis=-1).reshape(-1, 3)
+        pts = aabb[0] * (1.0 - s) + aabb[1] * s
+        sigma = density_at(params, cfg, aabb, pts, "flat", sizes=state.grid_size)
+        if use_mask:
+            sigma = jnp.where(am.query_alpha_mask(state.mask, state.mask_aabb, pts, state.mask_size), sigma, 0.0)
+        return (am.alpha_from_sigma(sigma, step) >= thres).reshape(slab, Yb, Zb)
+
+    above = jax.lax.map(one, jnp.arange(n_slabs)).reshape(n_slabs * slab, Yb, Zb)[:Xb]
+    x, y, z = (jnp.arange(n) for n in (Xb, Yb, Zb))
+    active = (x[:, None, None] < reso[0]) & (y[None, :, None] < reso[1]) & (z[None, None, :] < reso[2])
+    above = jnp.transpose(above & active, (2, 1, 0))  # (Z, Y, X)
+    pooled = jax.lax.reduce_window(
+        above.astype(jnp.uint8), jnp.uint8(0), jax.lax.max, (3, 3, 3), (1, 1, 1), ((1, 1), (1, 1), (1, 1))
+    )
+    mask = (pooled > 0) & jnp.transpose(active, (2, 1, 0))
+    per_axis = [jnp.any(mask, axis=(0, 1)), jnp.any(mask, axis=(0, 2)), jnp.any(mask, axis=(1, 2))]  # x, y, z
+    first = jnp.stack([jnp.argmax(m) for m in per_axis])
+    last = jnp.stack([m.shape[0] - 1 - jnp.argmax(m[::-1]) for m in per_axis])
+    return mask, jnp.any(mask), first, last
+
+
 @dataclasses.dataclass
 class TensoRF:
     """A TensoRF model on the host: parameters, field state and static settings."""
@@ -199,7 +241,7 @@ class TensoRF:
         render_cfg: RenderConfig,
         aabb,
         grid_size: Sequence[int],
-        near_far=(2.0, 6.0),
+        near_far=BLENDER_NEAR_FAR,
         white_bg: bool = True,
     ) -> "TensoRF":
         aabb = np.asarray(aabb, np.float32).reshape(2, 3)
@@ -221,8 +263,6 @@ class TensoRF:
         evaluation, checkpoints and conversion; the model itself when it has no buffers."""
         if self.active_size is None:
             return self
-        from .static_grid import map_grids, slice_grid
-
         params = map_grids(self.params, lambda g: slice_grid(g, self.active_size))
         X, Y, Z = (int(v) for v in np.asarray(self.state.mask_size))
         state = FieldState(self.state.aabb, self.state.step_size, self.state.mask[:Z, :Y, :X], self.state.mask_aabb)

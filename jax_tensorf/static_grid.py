@@ -5,7 +5,8 @@ the active size is a traced value (``FieldState.grid_size``, ``FieldState.mask_s
 past the active size is zero (False for the mask), and the lookups treat it as outside the grid.
 So the train step, the upsample, the shrink and the alpha-mask update each compile once per run,
 whatever the schedule does to the grid. Every operation here equals its exact-size twin
-(:func:`jax_tensorf.fields.upsample_vm`, :func:`~jax_tensorf.fields.shrink_vm`,
+(:func:`jax_tensorf.fields.upsample_vm`, :func:`~jax_tensorf.fields.shrink_vm`, and in
+:mod:`jax_tensorf.model` :func:`~jax_tensorf.model.buffered_alpha_mask` for
 :func:`jax_tensorf.alpha_mask.compute_dense_alpha` + :func:`~jax_tensorf.alpha_mask.build_alpha_mask`)
 on the active part: bit for bit, except that the compiled upsample may round its interpolation one
 unit in the last place differently (fused multiply-adds).
@@ -13,7 +14,6 @@ unit in the last place differently (fused multiply-adds).
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Sequence
 
@@ -22,10 +22,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from tensorf_common.config import FieldConfig, TrainConfig
-from tensorf_common.geometry import n_to_reso
+from tensorf_common.geometry import line_size, n_to_reso, plane_size
 
 from . import fields
-from .alpha_mask import alpha_from_sigma, query_alpha_mask
 
 HEADROOM = 1.25
 """Buffers hold this much more than the largest grid the schedule reaches on the initial box per
@@ -56,20 +55,15 @@ def _map_grid(grid: dict, plane_fn, line_fn) -> dict:
     return out
 
 
-def _plane_hw(size, k: int) -> tuple[int, int]:
-    a, b = fields.MAT_MODE[k]
-    return int(size[b]), int(size[a])
-
-
 def pad_grid(grid: dict, buf: Sequence[int]) -> dict:
     """Zero-pad a VM or CP grid's planes and lines to the buffer size ``buf`` [X, Y, Z]."""
 
     def plane(p, k):
-        H, W = _plane_hw(buf, k)
+        H, W = plane_size(buf, k)
         return jnp.pad(p, ((0, H - p.shape[0]), (0, W - p.shape[1]), (0, 0)))
 
     def line(l, k):
-        return jnp.pad(l, ((0, int(buf[fields.VEC_MODE[k]]) - l.shape[0]), (0, 0)))
+        return jnp.pad(l, ((0, line_size(buf, k) - l.shape[0]), (0, 0)))
 
     return _map_grid(grid, plane, line)
 
@@ -78,10 +72,10 @@ def slice_grid(grid: dict, size: Sequence[int]) -> dict:
     """The active part [X, Y, Z] = ``size`` of a padded grid."""
 
     def plane(p, k):
-        H, W = _plane_hw(size, k)
+        H, W = plane_size(size, k)
         return p[:H, :W]
 
-    return _map_grid(grid, plane, lambda l, k: l[: int(size[fields.VEC_MODE[k]])])
+    return _map_grid(grid, plane, lambda l, k: l[: line_size(size, k)])
 
 
 def map_grids(params: dict, fn) -> dict:
@@ -161,49 +155,6 @@ def crop_grid(grid: dict, start, new) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "mask_buf", "slab", "thres", "use_mask"))
-def dense_alpha_mask(
-    params, state, reso, step, *, cfg: FieldConfig, mask_buf: tuple, slab: int, thres: float, use_mask: bool
-):
-    """The official ``updateAlphaMask`` on a grid of [X, Y, Z] = ``reso`` vertices (traced) over
-    ``state.aabb``, into a (Z, Y, X) buffer of ``mask_buf`` = (Xb, Yb, Zb): alpha at the vertices
-    (0 outside the current mask), dilated by a 3x3x3 max-pool and thresholded, which equals
-    thresholding first and dilating the result (a max reaches ``thres`` iff one of its inputs
-    does). Returns ``(mask buffer, any, first index (3,), last index (3,))``, indices [x, y, z]
-    of the set voxels for the new box. ``use_mask``: whether a mask is in use (else the buffer
-    holds the all-set placeholder, which is not queried)."""
-    from .model import density_at
-
-    Xb, Yb, Zb = mask_buf
-    n_slabs = -(-Xb // slab)
-    size_f = reso.astype(jnp.float32)
-    # jnp.linspace(0, 1, n) is i / (n - 1) in float32: the same vertices as dense_grid_points
-    axes = [jnp.arange(n, dtype=jnp.float32) / (size_f[d] - 1.0) for d, n in enumerate((n_slabs * slab, Yb, Zb))]
-    aabb = state.aabb
-
-    def one(j):
-        sx = jax.lax.dynamic_slice_in_dim(axes[0], j * slab, slab)
-        s = jnp.stack(jnp.meshgrid(sx, axes[1], axes[2], indexing="ij"), axis=-1).reshape(-1, 3)
-        pts = aabb[0] * (1.0 - s) + aabb[1] * s
-        sigma = density_at(params, cfg, aabb, pts, "flat", sizes=state.grid_size)
-        if use_mask:
-            sigma = jnp.where(query_alpha_mask(state.mask, state.mask_aabb, pts, state.mask_size), sigma, 0.0)
-        return (alpha_from_sigma(sigma, step) >= thres).reshape(slab, Yb, Zb)
-
-    above = jax.lax.map(one, jnp.arange(n_slabs)).reshape(n_slabs * slab, Yb, Zb)[:Xb]
-    x, y, z = (jnp.arange(n) for n in (Xb, Yb, Zb))
-    active = (x[:, None, None] < reso[0]) & (y[None, :, None] < reso[1]) & (z[None, None, :] < reso[2])
-    above = jnp.transpose(above & active, (2, 1, 0))  # (Z, Y, X)
-    pooled = jax.lax.reduce_window(
-        above.astype(jnp.uint8), jnp.uint8(0), jax.lax.max, (3, 3, 3), (1, 1, 1), ((1, 1), (1, 1), (1, 1))
-    )
-    mask = (pooled > 0) & jnp.transpose(active, (2, 1, 0))
-    per_axis = [jnp.any(mask, axis=(0, 1)), jnp.any(mask, axis=(0, 2)), jnp.any(mask, axis=(1, 2))]  # x, y, z
-    first = jnp.stack([jnp.argmax(m) for m in per_axis])
-    last = jnp.stack([m.shape[0] - 1 - jnp.argmax(m[::-1]) for m in per_axis])
-    return mask, jnp.any(mask), first, last
-
-
 def mask_box(aabb, reso: Sequence[int], first, last) -> np.ndarray:
     """The box of the set voxel corners, from their first and last indices (the float32
     arithmetic of :func:`jax_tensorf.alpha_mask.mask_bounds`)."""
@@ -217,7 +168,7 @@ def mask_box(aabb, reso: Sequence[int], first, last) -> np.ndarray:
 
 
 def mask_slab(mask_buf: Sequence[int], points: int = 1 << 18) -> int:
-    """x-slab width of :func:`dense_alpha_mask` for about ``points`` vertices per slab."""
+    """x-slab width of the buffered alpha-mask update for about ``points`` vertices per slab."""
     return max(1, min(int(mask_buf[0]), points // (int(mask_buf[1]) * int(mask_buf[2]))))
 
 
@@ -226,7 +177,6 @@ __all__ = [
     "as_size",
     "buffer_size",
     "crop_grid",
-    "dense_alpha_mask",
     "fits",
     "map_grids",
     "mask_box",

@@ -36,7 +36,7 @@ from tensorf_common.schedule import Schedule, SchedulePosition
 from . import alpha_mask as am
 from . import checkpoint as ckpt
 from . import static_grid as sg
-from .model import TensoRF
+from .model import TensoRF, buffered_alpha_mask
 from .precision import policy_from_config
 from .rendering import bucket_capacity
 from .step import (
@@ -248,7 +248,7 @@ class Trainer:
     def _static_alpha_mask(self, reso) -> Optional[np.ndarray]:
         """Static shapes: :meth:`TensoRF.update_alpha_mask` inside the mask buffer."""
         m = self.model
-        mask, any_set, first, last = sg.dense_alpha_mask(
+        mask, any_set, first, last = buffered_alpha_mask(
             m.params, m.state, sg.as_size(reso), jnp.float32(m.step_size), cfg=self.cfg.field,
             mask_buf=tuple(self.mask_buf), slab=sg.mask_slab(self.mask_buf), thres=self.cfg.render.alpha_mask_thres,
             use_mask=m.has_mask(),

@@ -21,7 +21,6 @@ KNOWN_CYCLES: tuple[frozenset[str], ...] = (
     # Being removed (issue 15, item 1: the trainers get state_dict() / from_state(), and the checkpoint
     # modules only read and write files). Delete an entry when its cycle is gone: its strict xfail in
     # test_known_cycle_is_still_there then fails, and test_no_import_cycle guards it from then on.
-    frozenset({"jax_tensorf.checkpoint", "jax_tensorf.training"}),
     frozenset({"torch_reference.checkpoint", "torch_reference.model"}),
 )
 """Cycles that test_no_import_cycle tolerates, each exactly (a cycle that grows is reported)."""

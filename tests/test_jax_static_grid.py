@@ -17,7 +17,7 @@ from jax_helpers import SMALL_CP_RGB, SMALL_VM_RGB, experiment, host_copy, numpy
 from jax_tensorf import alpha_mask as am
 from jax_tensorf import fields, regularizers
 from jax_tensorf import static_grid as sg
-from jax_tensorf.model import density_at
+from jax_tensorf.model import buffered_alpha_mask, density_at
 from tensorf_common.config import RenderConfig
 
 GRID = [5, 7, 6]
@@ -151,7 +151,7 @@ def test_alpha_mask_update_in_a_buffer_equals_the_official_one(with_mask):
     mask_active = m.mask_grid_size or [2, 2, 2]
     params = sg.map_grids(m.params, lambda g: sg.pad_grid(g, buf))
     state = m.state.replace(grid_size=sg.as_size(GRID), mask=sg.pad_mask(m.state.mask, buf), mask_size=sg.as_size(mask_active))
-    mask, any_set, first, last = sg.dense_alpha_mask(
+    mask, any_set, first, last = buffered_alpha_mask(
         params, state, sg.as_size(reso), jnp.float32(m.step_size), cfg=field, mask_buf=tuple(buf), slab=3, thres=0.3,
         use_mask=with_mask,
     )
