@@ -19,7 +19,7 @@ from typing import Literal, Optional
 ModelKind = Literal["VM", "CP"]
 ShadingMode = Literal["MLP_Fea", "MLP_PE", "MLP", "SH", "RGB"]
 AppearanceStrategy = Literal["all", "threshold", "topk", "sample"]
-VmapVariant = Literal["flat", "pairs", "rays", "samples", "gather"]
+VmapVariant = Literal["flat", "pairs", "rays", "samples", "gather", "vjp", "sorted", "pallas"]
 DensityActivation = Literal["softplus", "relu"]
 ScheduleUnit = Literal["iter", "fraction"]
 OptimizerOnUpsample = Literal["recreate", "resize"]
@@ -131,7 +131,9 @@ class RenderConfig:
     """How the grid lookup is vectorised: flat (the point function vmapped over flattened points),
     pairs (an outer vmap over the three plane/line pairs), rays (the seed's extra inner vmap over
     rays), samples (inner vmap over samples), gather (no vmap: corners computed once per point,
-    then plain gathers)."""
+    then plain gathers); and lookups with a backward of their own that accumulates the grids'
+    gradients in float32, one contiguous row per corner: vjp (one scatter-add), sorted (sorted
+    segment sums), pallas (Pallas kernels with atomic adds; interpret mode off a GPU, for tests)."""
     density_lookup: Literal["factored", "dense"] = "factored"
     """How density is looked up: factored (the planes and lines at every sample, as the official
     code) or dense (the component products summed into one scalar grid per step, then a trilinear
