@@ -233,9 +233,12 @@ class TrainConfig:
     """Write a checkpoint every N iterations (0: only at the end and at budget exhaustion)."""
     precision: Precision = "fp32"
     """Compute precision of grid lookups, feature products and the MLP (parameters stay fp32)."""
-    precision_parts: tuple[str, ...] = ("grid", "features", "mlp")
-    """Which parts compute in the reduced precision: grid (lookups), features (products, basis),
-    mlp (the render MLP). Compositing and the loss always run in fp32."""
+    precision_parts: tuple[str, ...] = ("features", "mlp")
+    """Which parts compute in the reduced precision: grid (16-bit copies of the grids are looked
+    up: half the bytes gathered, but the XLA lookups' backward then scatter-adds in 16 bits, which
+    NVIDIA GPUs run as compare-and-swap loops), features (products, basis), mlp (the render MLP).
+    Without grid, lookups gather float32 and cast their results after the gather, so the grids'
+    gradients are always accumulated in float32. Compositing and the loss always run in fp32."""
     loss_scale: Literal["auto", "dynamic", "none"] = "auto"
     """Loss scaling: auto = dynamic for fp16 (flax DynamicScale: skip non-finite steps, adapt the
     scale), none for bf16 and fp32."""
