@@ -379,28 +379,33 @@ def _rows_cp_features(lines, xyz: jax.Array, variant: str, out_dtype, sizes) -> 
     return out.reshape(*xyz.shape[:-1], -1)
 
 
-def plane_lookup(plane: jax.Array, uv: jax.Array, variant: str = "flat", out_dtype=None) -> jax.Array:
+def plane_lookup(plane: jax.Array, uv: jax.Array, variant: str = "flat", out_dtype=None, hw=None) -> jax.Array:
     """One plane's bilinear lookup at uv (P, 2) -> (P, C) in ``out_dtype`` (default: the plane's), by
     a variant that computes single lookups: flat, gather or one of ``LOOKUP_VARIANTS`` (pairs, rays
-    and samples are layouts of ``flat`` over pairs and rays)."""
+    and samples are layouts of ``flat`` over pairs and rays). ``hw``: the active (H, W) inside a
+    zero-padded plane (flat and ``LOOKUP_VARIANTS``)."""
     if variant in LOOKUP_VARIANTS:
-        out = _rows_plane(plane, uv[:, 0], uv[:, 1], variant)
+        out = _rows_plane(plane, uv[:, 0], uv[:, 1], variant, hw)
     elif variant == "flat":
-        out = grid_sample_2d(plane, uv)
+        wh = None if hw is None else jnp.stack([hw[1], hw[0]])
+        out = jax.vmap(_bilinear_point, in_axes=(None, 0, 0, None))(plane, uv[:, 0], uv[:, 1], wh)
     elif variant == "gather":
+        _no_sizes_yet(variant, hw)
         out = _gather_plane(plane, uv[:, 0], uv[:, 1])
     else:
         raise ConfigError(f"render.vmap_variant: {variant!r} has no single-plane lookup; choose flat, gather or {LOOKUP_VARIANTS}")
     return out.astype(out_dtype or plane.dtype)
 
 
-def line_lookup(line: jax.Array, t: jax.Array, variant: str = "flat", out_dtype=None) -> jax.Array:
-    """One line's linear lookup at t (P,) -> (P, C), by the variants of :func:`plane_lookup`."""
+def line_lookup(line: jax.Array, t: jax.Array, variant: str = "flat", out_dtype=None, length=None) -> jax.Array:
+    """One line's linear lookup at t (P,) -> (P, C), by the variants of :func:`plane_lookup`;
+    ``length``: the active length inside a zero-padded line."""
     if variant in LOOKUP_VARIANTS:
-        out = _rows_line(line, t, variant)
+        out = _rows_line(line, t, variant, length)
     elif variant == "flat":
-        out = grid_sample_1d(line, t)
+        out = jax.vmap(_linear_point, in_axes=(None, 0, None))(line, t, length)
     elif variant == "gather":
+        _no_sizes_yet(variant, length)
         out = _gather_line(line, t)
     else:
         raise ConfigError(f"render.vmap_variant: {variant!r} has no single-line lookup; choose flat, gather or {LOOKUP_VARIANTS}")

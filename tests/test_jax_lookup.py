@@ -175,7 +175,8 @@ def test_active_sizes_inside_padded_buffers(case, flat_reference, variant):
 
 @pytest.mark.parametrize("variant", ["flat", "gather", *VARIANTS])
 def test_single_plane_and_line_lookups(variant):
-    """``plane_lookup`` / ``line_lookup`` (the benchmark's single lookups) against ``grid_sample``."""
+    """``plane_lookup`` / ``line_lookup`` (the benchmark's single lookups) against ``grid_sample``,
+    also with the active extent of a padded plane and line (all but ``gather``)."""
     rng = np.random.default_rng(11)
     plane = jnp.asarray(rng.normal(size=(6, 9, 3)).astype(np.float32))
     line = jnp.asarray(rng.normal(size=(7, 3)).astype(np.float32))
@@ -184,6 +185,15 @@ def test_single_plane_and_line_lookups(variant):
     got_l = fields.line_lookup(line, uv[:, 0], variant)
     assert got_p.dtype == jnp.bfloat16 and got_l.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(got_p, np.float32), np.asarray(fields.grid_sample_2d(plane, uv)), rtol=1e-2, atol=1e-2)
+    np.testing.assert_allclose(np.asarray(got_l), np.asarray(fields.grid_sample_1d(line, uv[:, 0])), rtol=1e-6, atol=1e-6)
+    if variant == "gather":
+        return
+    # the active extent of a padded plane and line (padding of 5s that must not be read)
+    padded_p = jnp.pad(plane, ((0, 3), (0, 2), (0, 0)), constant_values=5.0)
+    padded_l = jnp.pad(line, ((0, 4), (0, 0)), constant_values=5.0)
+    got_p = fields.plane_lookup(padded_p, uv, variant, hw=(jnp.int32(6), jnp.int32(9)))
+    got_l = fields.line_lookup(padded_l, uv[:, 0], variant, length=jnp.int32(7))
+    np.testing.assert_allclose(np.asarray(got_p), np.asarray(fields.grid_sample_2d(plane, uv)), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(np.asarray(got_l), np.asarray(fields.grid_sample_1d(line, uv[:, 0])), rtol=1e-6, atol=1e-6)
 
 

@@ -127,7 +127,7 @@ def test_a_smoke_run_on_the_cpu_writes_what_it_promises(tmp_path):
     assert "error" not in case, case.get("error")
     assert case["variant"] == "flat" and case["step_ms"] > 0 and case["compile_s"] > 0
     assert case["scatter_fusions"] and {f["dtype"] for f in case["scatter_fusions"]} == {"f32"}
-    assert case["profile"]["source"] == "host CPU client threads" and case["profile"]["ops_ms_per_step"] > 0
+    assert case["profile"]["source"] == "/host:CPU (tf_XLA lines)" and case["profile"]["ops_ms_per_step"] > 0
     assert len(result["lookups"]) == 4  # plane and line, forward and forward+backward
     assert all(r["variant"] == "vjp" and r["ms"] > 0 for r in result["lookups"])
     md = (out / "lookup_profile.md").read_text()

@@ -175,33 +175,28 @@ def attach_atomics(fusions: list[dict], atomics: dict[str, dict[str, int]]) -> N
 
 def profile_times(xplane_path: Path, steps: int) -> dict:
     """Time per XLA op and per kernel, summed over a trace of ``steps`` steps and divided by it:
-    ``{"source", "ops": {name: ms per step}, "kernels": {name: ms per step}}``. A GPU's device
-    plane has an "XLA Ops" line (HLO op names) and stream lines (kernels); on a CPU the XLA ops run
-    on the client's threads."""
+    ``{"source", "ops": {hlo op: ms per step}, "kernels": {name: ms per step}}``. On a GPU the
+    events are the kernels of the device plane's stream lines, on a CPU the thunks the client's
+    threads run; both carry the XLA op they belong to in an ``hlo_op`` statistic."""
     from jax.profiler import ProfileData
 
     data = ProfileData.from_file(str(xplane_path))
+    gpu = [p for p in data.planes if p.name.startswith("/device:GPU")]
+    planes, prefix = (gpu, "Stream") if gpu else ([p for p in data.planes if p.name == "/host:CPU"], "tf_XLA")
     ops: collections.Counter = collections.Counter()
     kernels: collections.Counter = collections.Counter()
-    source = None
-    for plane in data.planes:
-        if plane.name.startswith("/device:") and "GPU" in plane.name:
-            source = plane.name
-            for line in plane.lines:
-                target = ops if line.name == "XLA Ops" else kernels if line.name.startswith("Stream") else None
-                if target is not None:
-                    for ev in line.events:
-                        target[ev.name] += ev.duration_ns
-    if source is None:
-        for plane in data.planes:
-            if plane.name == "/host:CPU":
-                source = "host CPU client threads"
-                for line in plane.lines:
-                    if line.name.startswith("tf_XLA"):
-                        for ev in line.events:  # "ThunkExecutor::..." events contain the ops
-                            if not ev.name.startswith("end: ") and "::" not in ev.name:
-                                ops[ev.name] += ev.duration_ns
+    for plane in planes:
+        for line in plane.lines:
+            if not line.name.startswith(prefix):
+                continue
+            for ev in line.events:
+                op = dict(ev.stats).get("hlo_op")
+                if op:
+                    ops[str(op)] += ev.duration_ns
+                    if gpu:
+                        kernels[ev.name] += ev.duration_ns
     per_step = lambda c: {k: round(v / 1e6 / steps, 4) for k, v in c.most_common()}  # noqa: E731
+    source = ", ".join(p.name for p in planes) + f" ({prefix} lines)"
     return {"source": source, "ops": per_step(ops), "kernels": per_step(kernels)}
 
 
@@ -302,15 +297,18 @@ def run_lookups(W, size, variants: list[str], dtypes: list[str], rounds: int) ->
         for dtype in dtypes:
             for variant in variants:
                 for mode in LOOKUP_MODES:
-                    t0 = time.perf_counter()
-                    compiled = jax.jit(W.lookup_function(kind, variant, mode, dtype)).lower(*args).compile(
-                        compiler_options=W.compiler_options("train", size)
-                    )
-                    compile_s = time.perf_counter() - t0
-                    ms = _median_ms(lambda: jax.block_until_ready(compiled(*args)), rounds)
-                    rows.append({"kind": kind, "variant": variant, "dtype": dtype, "mode": mode, "ms": ms,
-                                 "compile_s": round(compile_s, 3), "points": size.points, "channels": channels,
-                                 "grid": size.grid})
+                    row = {"kind": kind, "variant": variant, "dtype": dtype, "mode": mode, "points": size.points,
+                           "channels": channels, "grid": size.grid}
+                    try:
+                        t0 = time.perf_counter()
+                        compiled = jax.jit(W.lookup_function(kind, variant, mode, dtype)).lower(*args).compile(
+                            compiler_options=W.compiler_options("train", size)
+                        )
+                        row["compile_s"] = round(time.perf_counter() - t0, 3)
+                        row["ms"] = _median_ms(lambda: jax.block_until_ready(compiled(*args)), rounds)
+                    except Exception as exc:  # a variant that fails here must not lose the others
+                        row["error"] = f"{type(exc).__name__}: {exc}"[:1000]
+                    rows.append(row)
     return rows
 
 
@@ -339,10 +337,10 @@ def _markdown(result: dict) -> str:
     lines += ["", "## Lookups (median ms)", "", "| kind | dtype | variant | forward | forward+backward | ratio |", "|---|---|---|---|---|---|"]
     by = collections.defaultdict(dict)
     for r in result["lookups"]:
-        by[(r["kind"], r["dtype"], r["variant"])][r["mode"]] = r["ms"]
+        by[(r["kind"], r["dtype"], r["variant"])][r["mode"]] = r.get("ms", "error")
     for (kind, dtype, variant), m in by.items():
         f, fb = m.get("forward"), m.get("forward+backward")
-        ratio = f"{fb / f:.1f}" if f and fb else ""
+        ratio = f"{fb / f:.1f}" if isinstance(f, float) and isinstance(fb, float) and f else ""
         lines.append(f"| {kind} | {dtype} | {variant} | {f} | {fb} | {ratio} |")
     return "\n".join(lines) + "\n"
 
@@ -426,10 +424,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     variants = [v for v in args.lookup_variants.split(",") if v]
     if variants:
         print("[gpu_lookup_profile] lookups", flush=True)
-        try:
-            result["lookups"] = run_lookups(W, size, variants, [d for d in args.lookup_dtypes.split(",") if d], args.lookup_rounds)
-        except Exception as exc:
-            result["lookups_error"] = f"{type(exc).__name__}: {exc}"[:2000]
+        result["lookups"] = run_lookups(W, size, variants, [d for d in args.lookup_dtypes.split(",") if d], args.lookup_rounds)
     result["dumps"] = _pack_dumps(dump_dir, kept, out / "dumps.tgz", args.max_dump_mib) if kept else None
     _write(out / "lookup_profile.json", json.dumps(result, indent=1))
     _write(out / "lookup_profile.md", _markdown(result))
