@@ -54,6 +54,10 @@ class BenchSize:
     official_shape: tuple[int, int] = (128, 4096)
     """(grid per axis, rays per batch) of the ``official`` group: the official lego config's first
     grid (128^3 on the Blender box, 443 samples per ray) and batch; smaller only where tested."""
+    lookup_dtypes: tuple[str, ...] = ("fp32",)
+    """Cases of the ``lookup`` group (``test_lookup.py``): fp32; bf16 (a float32 grid, the result
+    cast to bf16 after the gather: the default half-precision policy); bf16-grid (the grid cast to
+    bf16 before the lookup: 16-bit gathers, and 16-bit scatter-adds in the XLA variants' backward)."""
     rounds: int = 3
     warmup: int = 1
     fast_compile: bool = False
@@ -92,6 +96,7 @@ SIZES: dict[str, BenchSize] = {
         memory_workloads=("render",),
         official=("topk-8", "topk-8+dense"),
         official_shape=(16, 64),
+        lookup_dtypes=("fp32", "bf16-grid"),
         rounds=1,
         warmup=0,
         fast_compile=True,
@@ -143,6 +148,7 @@ SIZES: dict[str, BenchSize] = {
         compile_grids=(128, 300),
         memory_workloads=(),
         official=OFFICIAL_CASES,
+        lookup_dtypes=("fp32", "bf16-grid"),
         rounds=10,
         warmup=2,
     ),

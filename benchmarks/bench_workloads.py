@@ -88,11 +88,14 @@ def precision_support() -> tuple[bool, str]:
 
 def precision_kwargs(name: str) -> dict:
     """The static keyword that selects a precision in the model and the train step: ``policy=``
-    (jax_tensorf.precision), or ``dtype=`` in an older jax_tensorf."""
+    (jax_tensorf.precision), or ``dtype=`` in an older jax_tensorf. ``bf16-grid`` / ``fp16-grid``:
+    the policy with every part, the grids' lookups included (16-bit grid copies)."""
     ok, _ = precision_support()
     if ok:
-        from jax_tensorf.precision import policy
+        from jax_tensorf.precision import PARTS, policy
 
+        if name.endswith("-grid"):
+            return {"policy": policy(name[: -len("-grid")], PARTS)}
         return {"policy": policy(name)}
     import jax.numpy as jnp
 
@@ -106,6 +109,17 @@ def init_opt_state(adam, params, prec: dict):
     if "policy" in prec and hasattr(training, "init_optimizer_state"):
         return training.init_optimizer_state(adam, params, prec["policy"])
     return adam.init(params)
+
+
+def untimed_variant_reason(variant: str, size) -> Optional[str]:
+    """Why a lookup variant is not timed at this size (None: it is). The ``pallas`` variant runs
+    in Pallas' interpret mode off a GPU: a path that tests the kernels, one point per atomic-add
+    block, far too slow to time beyond the smoke size."""
+    from jax_tensorf import lookup_pallas
+
+    if variant == "pallas" and size.name != "smoke" and lookup_pallas.interpret_default():
+        return "pallas: Pallas interpret mode off a GPU tests the kernels and is not timed (smoke size only)"
+    return None
 
 
 def jax_device_info() -> dict[str, str]:
@@ -328,6 +342,43 @@ def compile_field(cfg: ExperimentConfig, grid, n_points: int, dtype: str = "fp32
     args = jax.device_put((m.params, m.state.aabb, jnp.asarray(xyz), jnp.asarray(dirs)))
     # fn is a new closure: a real compilation
     return aot_compile(lambda: jax.jit(fn).lower(*args), "eval", size, args, {"grid": "x".join(map(str, m.grid_size))})
+
+
+def lookup_inputs(kind: str, grid: int, channels: int, points: int, seed: int = 7):
+    """A ``plane`` (grid, grid, channels) or ``line`` (grid, channels) of 0.1 * N(0, 1), uniform
+    coordinates in [-1, 1] ((points, 2) or (points,)) and a N(0, 1) cotangent (points, channels);
+    numpy float32."""
+    rng = np.random.default_rng(seed)
+    shape = (grid, grid, channels) if kind == "plane" else (grid, channels)
+    g = (0.1 * rng.normal(size=shape)).astype(np.float32)
+    coords = rng.uniform(-1.0, 1.0, size=(points, 2) if kind == "plane" else (points,)).astype(np.float32)
+    return g, coords, rng.normal(size=(points, channels)).astype(np.float32)
+
+
+def lookup_function(kind: str, variant: str, mode: str, dtype: str) -> Callable:
+    """``fn(grid, coords, cot)``: one plane's or line's lookup by ``variant``
+    (``fields.plane_lookup`` / ``line_lookup``), ``forward`` (the looked-up values) or
+    ``forward+backward`` (``value_and_grad`` of ``sum(values * cot)`` w.r.t. the grid). ``dtype``:
+    fp32; bf16 (float32 grid, values cast to bf16 after the gather); bf16-grid (the grid cast to
+    bf16 before the lookup, as the precision policy's ``grid`` part does)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jax_tensorf import fields
+
+    lookup = fields.plane_lookup if kind == "plane" else fields.line_lookup
+    out_dtype = jnp.bfloat16 if dtype in ("bf16", "bf16-grid") else None
+
+    def forward(grid, coords, cot):
+        g = grid.astype(jnp.bfloat16) if dtype == "bf16-grid" else grid
+        return lookup(g, coords, variant, out_dtype)
+
+    def loss(grid, coords, cot):
+        return jnp.sum(forward(grid, coords, cot).astype(jnp.float32) * cot)
+
+    if mode == "forward":
+        return forward
+    return lambda grid, coords, cot: jax.value_and_grad(loss)(grid, coords, cot)
 
 
 def block(x):

@@ -70,6 +70,9 @@ def _remember_flat(key, out):
 @pytest.mark.parametrize("variant", fields.VMAP_VARIANTS)
 def test_vmap(benchmark, record, size, jax_info, variant, mode):
     benchmark.group = "vmap"
+    why = W.untimed_variant_reason(variant, size)
+    if why:
+        pytest.skip(why)
     cfg, m, n, args = _setup(size)
     fwd, bwd = _functions(variant)
     fn = fwd if mode == "forward" else bwd

@@ -24,6 +24,20 @@ and vectorised in several selectable ways (``RenderConfig.vmap_variant``):
   gather per corner. XLA's CPU backend otherwise recomputes the per-point index arithmetic for
   every channel inside each gather fusion; this is the fastest layout there.
 
+Three more variants write the lookup as a weighted gather of table rows (a plane flattened to
+``(H * W, C)``, a line ``(L, C)``; corner indices and weights from the same arithmetic) with a
+backward of their own that accumulates the gradient in float32 whatever the compute dtype, each
+corner's gradient one contiguous channel-last row (``LOOKUP_VARIANTS``):
+
+- ``vjp``: a custom VJP whose backward is one XLA scatter-add (:mod:`jax_tensorf.lookup_vjp`);
+- ``sorted``: the same with the corner rows sorted by index and summed by segments;
+- ``pallas``: Pallas kernels for the gather and its atomic-add backward
+  (:mod:`jax_tensorf.lookup_pallas`; Triton on a GPU, interpret mode elsewhere).
+
+These take ``sizes``, the active grid size [X, Y, Z] (a traced (3,) int32 array) of grids stored
+zero-padded in larger buffers: corners use the active extent, corners outside it weigh 0, and the
+padding gets no gradient.
+
 All variants compute the same numbers (tests check max-abs <= 1e-6).
 
 Density can also be looked up through the recomposed grid (:func:`dense_density_feature`): the
@@ -33,6 +47,7 @@ lookup up to rounding and costs 8 scalar gathers per point (``RenderConfig.densi
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import jax
@@ -45,7 +60,9 @@ from tensorf_common.geometry import MAT_MODE, VEC_MODE, line_size, plane_size
 
 from .appearance import dot_precision
 
-VMAP_VARIANTS = ("flat", "pairs", "rays", "samples", "gather")
+LOOKUP_VARIANTS = ("vjp", "sorted", "pallas")
+"""Variants that are weighted row gathers with a float32-accumulating backward of their own."""
+VMAP_VARIANTS = ("flat", "pairs", "rays", "samples", "gather") + LOOKUP_VARIANTS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,6 +266,8 @@ def vm_pair_features(
     grid size [X, Y, Z] (a traced (3,) int array) of planes and lines stored in larger zero-padded
     buffers; the lookup then treats everything past it as outside the grid. None: the arrays are
     the grid."""
+    if variant in LOOKUP_VARIANTS:
+        return _rows_pair_features(planes, lines, xyz_n, variant, out_dtype, sizes)
     if variant == "pairs":
         return _pairs_features(planes, lines, xyz_n, out_dtype, sizes)
     if variant == "gather":
@@ -274,6 +293,8 @@ def vm_density_feature(
 def cp_features(lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None, sizes=None) -> jax.Array:
     """CP component products ``line_0 * line_1 * line_2`` -> (..., R) (``sizes`` as in
     :func:`vm_pair_features`)."""
+    if variant in LOOKUP_VARIANTS:
+        return _rows_cp_features(lines, xyz_n, variant, out_dtype, sizes)
     if variant == "pairs":
         variant = "flat"  # CP has no plane/line pairs to stack
     if variant == "gather":
@@ -296,6 +317,110 @@ def cp_features(lines, xyz_n: jax.Array, variant: str = "flat", out_dtype=None, 
         return out
 
     return _vectorise(point, xyz_n, variant)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lookups as weighted row gathers with a float32-accumulating backward (LOOKUP_VARIANTS).
+# ---------------------------------------------------------------------------------------------
+
+
+def plane_corner_rows(shape: Sequence[int], u: jax.Array, v: jax.Array, hw=None) -> tuple[jax.Array, jax.Array]:
+    """The four bilinear corners of points (u, v) (P,) in a plane of ``shape`` (H, W, C): row
+    indices into the plane flattened to (H * W, C) and weights, (4, P) int32 and (4, P) float32.
+    ``hw``: the active (H, W) inside a zero-padded plane (None: its shape); corners outside it weigh
+    0 and index inside it."""
+    H, W = shape[0], shape[1]
+    h, w = (H, W) if hw is None else hw
+    corners = _plane_corners(h, w, u, v)
+    idx = jnp.stack([row * W + col for row, col, _ in corners])
+    wts = jnp.stack([weight for _, _, weight in corners])
+    return jax.lax.optimization_barrier((idx, wts))  # computed once per point, not per channel
+
+
+def line_corner_rows(length: int, t: jax.Array, active=None) -> tuple[jax.Array, jax.Array]:
+    """The two linear corners of points t (P,) on a line of ``length`` rows: (2, P) row indices and
+    weights. ``active``: the active length inside a zero-padded line (None: ``length``)."""
+    corners = _line_corners(length if active is None else active, t)
+    idx = jnp.stack([i for i, _ in corners])
+    wts = jnp.stack([weight for _, weight in corners])
+    return jax.lax.optimization_barrier((idx, wts))
+
+
+def _weighted_rows(variant: str) -> Callable:
+    if variant == "pallas":
+        from .lookup_pallas import weighted_rows
+
+        return weighted_rows
+    from .lookup_vjp import weighted_rows
+
+    return functools.partial(weighted_rows, accumulate="scatter" if variant == "vjp" else "sorted")
+
+
+def _rows_plane(plane: jax.Array, u: jax.Array, v: jax.Array, variant: str, hw=None) -> jax.Array:
+    """Bilinear lookup of (P,) coordinates -> (P, C) float32 by a weighted-row-gather variant."""
+    idx, wts = plane_corner_rows(plane.shape, u, v, hw)
+    return _weighted_rows(variant)(plane.reshape(-1, plane.shape[-1]), idx, wts)
+
+
+def _rows_line(line: jax.Array, t: jax.Array, variant: str, active=None) -> jax.Array:
+    """Linear lookup of (P,) coordinates -> (P, C) float32 by a weighted-row-gather variant."""
+    idx, wts = line_corner_rows(line.shape[0], t, active)
+    return _weighted_rows(variant)(line, idx, wts)
+
+
+def _rows_pair_features(planes, lines, xyz: jax.Array, variant: str, out_dtype, sizes) -> list[jax.Array]:
+    flat = xyz.reshape(-1, 3)
+    out = []
+    for k in range(3):
+        a, b = MAT_MODE[k]
+        hw = None if sizes is None else (sizes[b], sizes[a])
+        p = _rows_plane(planes[k], flat[:, a], flat[:, b], variant, hw)
+        l = _rows_line(lines[k], flat[:, VEC_MODE[k]], variant, None if sizes is None else sizes[VEC_MODE[k]])
+        dt = out_dtype or planes[k].dtype
+        out.append((p.astype(dt) * l.astype(dt)).reshape(*xyz.shape[:-1], -1))
+    return out
+
+
+def _rows_cp_features(lines, xyz: jax.Array, variant: str, out_dtype, sizes) -> jax.Array:
+    flat = xyz.reshape(-1, 3)
+    out = None
+    for k in range(3):
+        axis = VEC_MODE[k]
+        v = _rows_line(lines[k], flat[:, axis], variant, None if sizes is None else sizes[axis])
+        v = v.astype(out_dtype or lines[k].dtype)
+        out = v if out is None else out * v
+    return out.reshape(*xyz.shape[:-1], -1)
+
+
+def plane_lookup(plane: jax.Array, uv: jax.Array, variant: str = "flat", out_dtype=None, hw=None) -> jax.Array:
+    """One plane's bilinear lookup at uv (P, 2) -> (P, C) in ``out_dtype`` (default: the plane's), by
+    a variant that computes single lookups: flat, gather or one of ``LOOKUP_VARIANTS`` (pairs, rays
+    and samples are layouts of ``flat`` over pairs and rays). ``hw``: the active (H, W) inside a
+    zero-padded plane."""
+    if variant in LOOKUP_VARIANTS:
+        out = _rows_plane(plane, uv[:, 0], uv[:, 1], variant, hw)
+    elif variant == "flat":
+        wh = None if hw is None else jnp.stack([hw[1], hw[0]])
+        out = jax.vmap(_bilinear_point, in_axes=(None, 0, 0, None))(plane, uv[:, 0], uv[:, 1], wh)
+    elif variant == "gather":
+        out = _gather_plane(plane, uv[:, 0], uv[:, 1], None if hw is None else (hw[1], hw[0]))
+    else:
+        raise ConfigError(f"render.vmap_variant: {variant!r} has no single-plane lookup; choose flat, gather or {LOOKUP_VARIANTS}")
+    return out.astype(out_dtype or plane.dtype)
+
+
+def line_lookup(line: jax.Array, t: jax.Array, variant: str = "flat", out_dtype=None, length=None) -> jax.Array:
+    """One line's linear lookup at t (P,) -> (P, C), by the variants of :func:`plane_lookup`;
+    ``length``: the active length inside a zero-padded line."""
+    if variant in LOOKUP_VARIANTS:
+        out = _rows_line(line, t, variant, length)
+    elif variant == "flat":
+        out = jax.vmap(_linear_point, in_axes=(None, 0, None))(line, t, length)
+    elif variant == "gather":
+        out = _gather_line(line, t, length)
+    else:
+        raise ConfigError(f"render.vmap_variant: {variant!r} has no single-line lookup; choose flat, gather or {LOOKUP_VARIANTS}")
+    return out.astype(out_dtype or line.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,13 +80,15 @@ def density_at(
     """sigma at world points (..., 3) (official ``compute_densityfeature`` + ``feature2density``).
     Coordinates stay float32; the lookups and products follow the precision ``policy``. ``lookup``:
     ``factored`` (per-point plane and line lookups, vectorised by ``variant``) or ``dense`` (through
-    the recomposed grid, :func:`jax_tensorf.fields.dense_density_feature`; same values). ``sizes``:
-    the active grid size of zero-padded grids (:attr:`FieldState.grid_size`)."""
+    the recomposed grid, :func:`jax_tensorf.fields.dense_density_feature`; same values). The dense
+    grid is recomposed and looked up in the grid's dtype (float32 unless the policy's ``grid`` part
+    is on), so that its backward scatter-adds in float32 too. ``sizes``: the active grid size of
+    zero-padded grids (:attr:`FieldState.grid_size`)."""
     xyz_n = normalize_coord(xyz_world, aabb)
     grid = _cast(params["density"], policy.grid)
     fd = policy.features or jnp.float32
     if lookup == "dense":
-        feat = fields.dense_density_feature(grid, cfg.model, xyz_n, fd, sizes)
+        feat = fields.dense_density_feature(grid, cfg.model, xyz_n, sizes=sizes)
     elif lookup != "factored":
         raise ConfigError(f"render.density_lookup: unknown {lookup!r}; choose factored or dense")
     elif cfg.model == "VM":

@@ -1,12 +1,22 @@
 """Mixed-precision policies: which parts of the field compute in bf16 / fp16.
 
-Parameters and optimizer state always stay float32. A policy names the compute dtype of three
-parts, each switchable (``TrainConfig.precision_parts``):
+Parameters, their gradients and the optimizer state always stay float32. A policy names the compute
+dtype of three parts, each switchable (``TrainConfig.precision_parts``):
 
-- ``grid``: the plane and line lookups (the gathered values and their bilinear weights; the
-  coordinates and indices stay float32, since a 300-cell axis needs more than bf16's 8 bits);
+- ``grid``: 16-bit copies of the planes and lines are looked up (the gathered values and their
+  bilinear weights in the half dtype; the coordinates and indices stay float32, since a 300-cell
+  axis needs more than bf16's 8 bits). The gathers read half the bytes, but the backward of the
+  XLA lookups (``flat``, ``pairs``, ``rays``, ``samples``, ``gather``) then scatter-adds into a 16-bit
+  gradient, which XLA compiles to compare-and-swap loops on NVIDIA GPUs (the lookups of
+  ``fields.LOOKUP_VARIANTS`` accumulate in float32 and round once);
 - ``features``: the plane x line products, their sums, and the basis matrix;
 - ``mlp``: the render MLP (and its positional encodings).
+
+Without ``grid`` (the default parts, ``DEFAULT_PARTS``: features and mlp) the lookups gather float32
+rows and interpolate in float32, and their results are cast to the features' dtype right after the
+gather ("cast after"): the backward's scatter-adds into the grids are float32 whatever the policy,
+and a reduced precision never scatters in 16 bits. The dense density lookup recomposes its grid in
+the grid's dtype too.
 
 Compositing, the loss and the regularisers run in float32. fp16 needs loss scaling: with
 ``loss_scale="dynamic"`` (the default for fp16) the step uses flax's maintained ``DynamicScale``,
@@ -15,6 +25,7 @@ which skips non-finite steps and adapts the scale; bf16 runs without it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,6 +34,8 @@ import jax.numpy as jnp
 from tensorf_common.config import ConfigError, TrainConfig
 
 PARTS = ("grid", "features", "mlp")
+DEFAULT_PARTS: tuple[str, ...] = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "precision_parts")
+"""``TrainConfig.precision_parts``' default: lookups in float32, cast after the gather."""
 _DTYPES = {"fp32": None, "bf16": jnp.bfloat16, "fp16": jnp.float16}
 
 
@@ -45,7 +58,7 @@ class Policy:
 FP32 = Policy()
 
 
-def policy(name: str, parts=PARTS, loss_scale: str = "auto") -> Policy:
+def policy(name: str, parts=DEFAULT_PARTS, loss_scale: str = "auto") -> Policy:
     """The policy ``name`` (fp32, bf16, fp16) applied to ``parts``."""
     if name not in _DTYPES:
         raise ConfigError(f"train.precision: unknown {name!r}; choose fp32, bf16 or fp16")

@@ -1,7 +1,9 @@
 """fields: jax_tensorf.fields vs torch_reference.fields on the same (converted) planes and lines.
 
 Lookups at interior points, at exact grid nodes and box faces, and outside [-1, 1] (zero padding);
-VM and CP features in every JAX vmap layout; the density activation; upsampling and shrinking.
+VM and CP features in every JAX vmap layout, and their gradients w.r.t. the planes and lines
+against torch autograd (``grid_sample``'s backward) for the lookups with a backward of their own;
+the density activation; upsampling and shrinking.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ import torch
 
 import jax_tensorf.fields as jf
 import torch_reference.fields as tf
-from compare import EXACT, assert_close
-from tensorf_convert.state_dict import line_to_jax, plane_to_jax
+from compare import EXACT, GRAD, assert_close
+from tensorf_convert.state_dict import line_to_jax, line_to_torch, plane_to_jax, plane_to_torch
 
 C = 5
 
@@ -80,7 +82,7 @@ def test_vm_features_and_density_feature(twins, variant):
     assert_close(f"fields.vm_density_feature[{variant}]", dens, tf.vm_density_feature(planes, lines, xyz_t))
 
 
-@pytest.mark.parametrize("variant", ["flat", "rays"])
+@pytest.mark.parametrize("variant", ["flat", "rays", *jf.LOOKUP_VARIANTS])
 def test_cp_features(twins, variant):
     g = torch.Generator().manual_seed(8)
     lines = [torch.randn(tf.line_shape(twins.GRID, k, 7), generator=g) * 0.7 for k in range(3)]
@@ -89,6 +91,40 @@ def test_cp_features(twins, variant):
     xyz_j = jnp.asarray(pts.reshape(40, -1, 3)) if variant == "rays" else jnp.asarray(pts)
     got = np.asarray(cp_features(jl, xyz_j, variant)).reshape(len(pts), -1)
     assert_close(f"fields.cp_features[{variant}]", got, tf.cp_features(lines, torch.from_numpy(pts)))
+
+
+@pytest.mark.parametrize("variant", ["flat", *jf.LOOKUP_VARIANTS])
+def test_vm_and_cp_gradients(twins, variant):
+    """Gradients of random projections of ``vm_features`` and ``cp_features`` w.r.t. every plane
+    and line, against torch autograd through the reference lookups (interior, edge and outside
+    points)."""
+    planes, lines = _planes_lines(twins.GRID, seed=14)
+    g = torch.Generator().manual_seed(15)
+    cp_lines = [torch.randn(tf.line_shape(twins.GRID, k, 6), generator=g) for k in range(3)]
+    pts = np.concatenate([twins.points(900, seed=16), twins.edge_points()[:150], twins.points(150, seed=17, lo=-1.2, hi=1.2)])
+    rng = np.random.default_rng(18)
+    w_vm = rng.normal(size=(len(pts), sum(p.shape[1] for p in planes))).astype(np.float32)
+    w_cp = rng.normal(size=(len(pts), 6)).astype(np.float32)
+
+    def loss_j(vm, cp):
+        f = jf.vm_features(vm["planes"], vm["lines"], jnp.asarray(pts), variant)
+        c = jf.cp_features(cp, jnp.asarray(pts), variant)
+        return jnp.sum(f * w_vm) + jnp.sum(c * w_cp)
+
+    jp, jl = _jax(planes, lines)
+    g_vm, g_cp = jax.jit(jax.grad(loss_j, argnums=(0, 1)))({"planes": jp, "lines": jl}, [jnp.asarray(line_to_jax(l)) for l in cp_lines])
+    leaves = [t.requires_grad_() for t in (*planes, *lines, *cp_lines)]
+    xyz_t = torch.from_numpy(pts)
+    loss_t = (tf.vm_features(planes, lines, xyz_t) * torch.from_numpy(w_vm)).sum()
+    loss_t = loss_t + (tf.cp_features(cp_lines, xyz_t) * torch.from_numpy(w_cp)).sum()
+    loss_t.backward()
+    got = {
+        "planes": [plane_to_torch(x) for x in g_vm["planes"]],
+        "lines": [line_to_torch(x) for x in g_vm["lines"]],
+        "cp_lines": [line_to_torch(x) for x in g_cp],
+    }
+    want = {"planes": [t.grad for t in leaves[:3]], "lines": [t.grad for t in leaves[3:6]], "cp_lines": [t.grad for t in leaves[6:]]}
+    assert_close(f"fields.lookup_gradients[{variant}]", got, want, GRAD)
 
 
 dense_density_feature = jax.jit(jf.dense_density_feature, static_argnums=1)

@@ -23,7 +23,7 @@ from .geometry import BLENDER_NEAR_FAR
 ModelKind = Literal["VM", "CP"]
 ShadingMode = Literal["MLP_Fea", "MLP_PE", "MLP", "SH", "RGB"]
 AppearanceStrategy = Literal["all", "threshold", "topk", "sample"]
-VmapVariant = Literal["flat", "pairs", "rays", "samples", "gather"]
+VmapVariant = Literal["flat", "pairs", "rays", "samples", "gather", "vjp", "sorted", "pallas"]
 DensityActivation = Literal["softplus", "relu"]
 ScheduleUnit = Literal["iter", "fraction"]
 OptimizerOnUpsample = Literal["recreate", "resize"]
@@ -135,7 +135,9 @@ class RenderConfig:
     """How the grid lookup is vectorised: flat (the point function vmapped over flattened points),
     pairs (an outer vmap over the three plane/line pairs), rays (the seed's extra inner vmap over
     rays), samples (inner vmap over samples), gather (no vmap: corners computed once per point,
-    then plain gathers)."""
+    then plain gathers); and lookups with a backward of their own that accumulates the grids'
+    gradients in float32, one contiguous row per corner: vjp (one scatter-add), sorted (sorted
+    segment sums), pallas (Pallas kernels with atomic adds; interpret mode off a GPU, for tests)."""
     density_lookup: Literal["factored", "dense"] = "factored"
     """How density is looked up: factored (the planes and lines at every sample, as the official
     code) or dense (the component products summed into one scalar grid per step, then a trilinear
@@ -239,9 +241,12 @@ class TrainConfig:
     """Write a checkpoint every N iterations (0: only at the end and at budget exhaustion)."""
     precision: Precision = "fp32"
     """Compute precision of grid lookups, feature products and the MLP (parameters stay fp32)."""
-    precision_parts: tuple[str, ...] = ("grid", "features", "mlp")
-    """Which parts compute in the reduced precision: grid (lookups), features (products, basis),
-    mlp (the render MLP). Compositing and the loss always run in fp32."""
+    precision_parts: tuple[str, ...] = ("features", "mlp")
+    """Which parts compute in the reduced precision: grid (16-bit copies of the grids are looked
+    up: half the bytes gathered, but the XLA lookups' backward then scatter-adds in 16 bits, which
+    NVIDIA GPUs run as compare-and-swap loops), features (products, basis), mlp (the render MLP).
+    Without grid, lookups gather float32 and cast their results after the gather, so the grids'
+    gradients are always accumulated in float32. Compositing and the loss always run in fp32."""
     loss_scale: Literal["auto", "dynamic", "none"] = "auto"
     """Loss scaling: auto = dynamic for fp16 (flax DynamicScale: skip non-finite steps, adapt the
     scale), none for bf16 and fp32."""

@@ -211,3 +211,13 @@ def numpy_model(field: FieldConfig, grid, render_cfg: RenderConfig | None = None
 
 
 BOX_UNIT = np.array([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]], np.float32)
+
+
+def scatter_dtypes(stablehlo_text: str) -> list[str]:
+    """Element types of the results of every scatter in a lowered (StableHLO) program, in order:
+    ``"f32"``, ``"bf16"``, ``"f16"``... (a 16-bit scatter-add is what NVIDIA GPUs run as
+    compare-and-swap loops)."""
+    import re
+
+    pattern = r'"stablehlo\.scatter"\(.*?\}\) : \([^\n]*?\) -> tensor<(?:[0-9]+x)*([a-z0-9]+)>'
+    return re.findall(pattern, stablehlo_text, flags=re.DOTALL)

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from tensorf_common.config import ConfigError, preset
-from jax_tensorf.precision import policy
+from jax_helpers import scatter_dtypes
+from jax_tensorf.precision import PARTS, policy
 from jax_tensorf.step import RegFlags, ScaledState, train_step
 from jax_tensorf.training import Trainer
 
@@ -58,14 +59,19 @@ def test_fp16_uses_dynamic_loss_scaling(runs):
     assert float(runs["fp16"].opt_state.scale.scale) > 0
 
 
-def _dtype_census(tr) -> Counter:
-    """Result dtypes of the gathers and dot products in the lowered train step."""
+def _step_text(tr) -> str:
+    """The lowered (StableHLO) train step of a trainer."""
     m, s = tr.model, tr.shape
     opts = m.render_options(s.n_samples, train=True)
     args = tr._step_args(np.zeros(tr.tc.batch_size, np.int64))
-    text = train_step.lower(
+    return train_step.lower(
         *args, cfg=tr.cfg.field, opts=opts, variant="flat", reg=RegFlags(), adam=tr.adam, policy=tr.policy
     ).as_text()
+
+
+def _dtype_census(tr, text: str | None = None) -> Counter:
+    """Result dtypes of the gathers and dot products in the lowered train step (``text``: already lowered)."""
+    text = _step_text(tr) if text is None else text
     census: Counter = Counter()
     for line in text.splitlines():
         for op in ("gather", "dot_general"):
@@ -77,11 +83,24 @@ def _dtype_census(tr) -> Counter:
 
 @pytest.mark.parametrize("prec,dt", [("bf16", "bf16"), ("fp16", "f16")])
 def test_step_computes_in_the_half_dtype(small_dataset, prec, dt):
-    tr = Trainer(_cfg(prec, n_iters=1), small_dataset, log=lambda s: None)
+    tr = Trainer(_cfg(prec, n_iters=1, precision_parts=PARTS), small_dataset, log=lambda s: None)
     census = _dtype_census(tr)
-    # every float gather (grid values) and every dot (basis matrix, MLP) is in the half dtype
+    # with every part: every float gather (grid values) and every dot (basis matrix, MLP) is in the half dtype
     assert census[("gather", dt)] > 0 and census[("dot_general", dt)] > 0, census
     assert census[("gather", "f32")] == 0 and census[("dot_general", "f32")] == 0, census
+
+
+@pytest.mark.parametrize("prec,dt", [("bf16", "bf16"), ("fp16", "f16")])
+def test_default_parts_look_up_float32_and_never_scatter_in_16_bits(small_dataset, prec, dt):
+    """The default parts (features, mlp): the grids are gathered in float32 and their gradients
+    scatter-added in float32, the products, the basis matrix and the MLP compute in the half dtype."""
+    tr = Trainer(_cfg(prec, n_iters=1), small_dataset, log=lambda s: None)
+    text = _step_text(tr)
+    census = _dtype_census(tr, text)
+    assert census[("gather", "f32")] > 0 and census[("dot_general", dt)] > 0, census
+    assert census[("dot_general", "f32")] == 0, census
+    scatters = scatter_dtypes(text)
+    assert "f32" in scatters and not {"bf16", "f16"} & set(scatters), scatters
 
 
 def test_fp32_step_has_no_half_dtype(small_dataset):

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from .io import StageRecord, read_json
 
 TIMING_KEYS = ("min", "max", "mean", "median", "stddev", "iqr", "q1", "q3", "rounds")
-GROUP_ORDER = ("vmap", "appearance", "precision", "framework", "official", "compile", "memory")
+GROUP_ORDER = ("vmap", "lookup", "appearance", "precision", "framework", "official", "compile", "memory")
 NOT_TIMED_GROUPS = ("memory",)
 """Groups whose timed figure is not a throughput (the memory probe's wall time)."""
 

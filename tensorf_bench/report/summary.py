@@ -56,6 +56,40 @@ def vmap_sentences(rows) -> list[str]:
     return out
 
 
+def lookup_sentences(rows) -> list[str]:
+    """Group ``lookup``, per device and dtype: the fastest variant of the plane and of the line
+    lookup forward+backward (and its time over its own forward; ``flat``'s beside it), and the
+    fastest forward."""
+    lk = _group(rows, "lookup")
+    key = lambda r: float(r["median_s"])  # noqa: E731
+    out = []
+    for device, dtype in dict.fromkeys((r.get("device"), r.get("dtype")) for r in lk):
+        parts, first = [], None
+        for kind in ("plane", "line"):
+            rs = [r for r in lk if (r.get("device"), r.get("dtype"), r.get("kind")) == (device, dtype, kind)]
+            fb = sorted((r for r in rs if r.get("mode") == "forward+backward"), key=key)
+            fw = {r.get("variant"): r for r in rs if r.get("mode") == "forward"}
+            if not fb:
+                continue
+            first = first or fb[0]
+
+            def timed(r):
+                f = fw.get(r.get("variant"))
+                return fmt_seconds(r["median_s"]) + (f", {key(r) / key(f):.1f}× its forward" if f else "")
+
+            text = f"{kind} `{fb[0].get('variant')}` ({timed(fb[0])}"
+            flat = next((r for r in fb if r.get("variant") == "flat"), None)
+            if flat is not None and flat is not fb[0]:
+                text += f"; `flat` {timed(flat)}"
+            if fw:
+                text += f"; fastest forward `{min(fw.values(), key=key).get('variant')}`"
+            parts.append(text + ")")
+        if parts:
+            out.append(f"Grid lookups on {device} ({dtype}, {first.get('points')} points, {first.get('channels')} "
+                       f"channels, grid {first.get('grid')}), fastest forward+backward: " + "; ".join(parts) + ".")
+    return out
+
+
 def appearance_sentences(rows, quality: Sequence[dict]) -> list[str]:
     out = []
     ap = _group(rows, "appearance")
@@ -228,6 +262,7 @@ def what_this_shows(bench_rows, quality_rows, problems, machine, load_end) -> li
     out += framework_sentences(bench_rows)
     out += official_sentences(bench_rows)
     out += vmap_sentences(bench_rows)
+    out += lookup_sentences(bench_rows)
     out += appearance_sentences(bench_rows, quality_rows)
     out += precision_sentences(bench_rows)
     out += device_sentences(bench_rows)
