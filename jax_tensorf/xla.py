@@ -39,7 +39,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from tensorf_common.runtime import release_memory
+from tensorf_common.runtime import available_memory_bytes, release_memory
 
 _DEFAULTS = {
     "train": {},
@@ -85,22 +85,6 @@ whatever else runs there, and chunks of a few MB, which stay in the caches, ran 
 larger ones (carving and the mask ray filter on a 2-core VM)."""
 
 
-def host_memory_available() -> int:
-    """Bytes of RAM the kernel reports as available (``MemAvailable`` in ``/proc/meminfo``; free
-    physical pages where that is absent)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
-    except (ValueError, OSError, AttributeError):  # pragma: no cover
-        return HOST_CHUNK_CAP_BYTES
-
-
 def device_memory_available(device=None) -> int:
     """Bytes that one-off work may use on ``device`` (default: the default device).
 
@@ -115,7 +99,7 @@ def device_memory_available(device=None) -> int:
             stats = {}
         if "bytes_limit" in stats:
             return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
-    return min(host_memory_available() // 4, HOST_CHUNK_CAP_BYTES)
+    return min(available_memory_bytes() // 4, HOST_CHUNK_CAP_BYTES)
 
 
 def chunk_items(
