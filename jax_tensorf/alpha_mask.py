@@ -61,9 +61,17 @@ def query_alpha_mask(mask: jax.Array, mask_aabb: jax.Array, xyz: jax.Array, size
     (:func:`mask_corner_codes`), masked by the corners whose weight is positive, answers it exactly
     (8 gathers of the float volume before). ``size``: the active [X, Y, Z] of a mask stored in a
     larger all-False-padded buffer (a traced (3,) int array); None: the array is the mask."""
-    Zb, Yb, Xb = mask.shape
+    lin, frac, inside = _lattice_cell(mask.shape, mask_aabb, xyz, size)
+    code = mask_corner_codes(mask).reshape(-1)[lin]
+    return inside & ((code & _weighted_corners(frac)) != 0)
+
+
+def _lattice_cell(shape: Sequence[int], mask_aabb: jax.Array, xyz: jax.Array, size=None):
+    """``(lin, frac, inside)`` of world points in the lattice of a ``(Z, Y, X)`` mask: the flat
+    index of their cell in :func:`mask_corner_codes`, the fractional position per axis (x, y, z)
+    and whether the cell exists. ``size``: the active [X, Y, Z] inside a buffer of ``shape``."""
+    Zb, Yb, Xb = (int(n) for n in shape)
     X, Y, Z = (Xb, Yb, Zb) if size is None else (size[0], size[1], size[2])
-    codes = mask_corner_codes(mask)
     n = normalize_coord(xyz, mask_aabb)
     sizes = (X, Y, Z)
     pos = [(n[..., d] + 1.0) * 0.5 * (sizes[d] - 1) for d in range(3)]
@@ -71,13 +79,53 @@ def query_alpha_mask(mask: jax.Array, mask_aabb: jax.Array, xyz: jax.Array, size
     frac = [p - l for p, l in zip(pos, lo)]
     cell = [l.astype(jnp.int32) + 1 for l in lo]
     inside = (cell[0] >= 0) & (cell[0] <= X) & (cell[1] >= 0) & (cell[1] <= Y) & (cell[2] >= 0) & (cell[2] <= Z)
-    # cells up to the active size: its far corners lie in the padding, which is False
+    # cells up to the active size: their far corners lie in the padding, which is False
     lin = (jnp.clip(cell[2], 0, Z) * (Yb + 1) + jnp.clip(cell[1], 0, Y)) * (Xb + 1) + jnp.clip(cell[0], 0, X)
-    code = codes.reshape(-1)[lin]
-    code = code & jnp.where(frac[0] > 0, 0xFF, _D0_X).astype(jnp.uint8)
-    code = code & jnp.where(frac[1] > 0, 0xFF, _D0_Y).astype(jnp.uint8)
-    code = code & jnp.where(frac[2] > 0, 0xFF, _D0_Z).astype(jnp.uint8)
-    return inside & (code != 0)
+    return lin, frac, inside
+
+
+def _weighted_corners(frac) -> jax.Array:
+    """The corner bits whose trilinear weight is positive, given the fractional positions (x, y, z)."""
+    bits = jnp.where(frac[0] > 0, 0xFF, _D0_X).astype(jnp.uint8)
+    bits = bits & jnp.where(frac[1] > 0, 0xFF, _D0_Y).astype(jnp.uint8)
+    return bits & jnp.where(frac[2] > 0, 0xFF, _D0_Z).astype(jnp.uint8)
+
+
+def mask_cell_keys(shape: Sequence[int], mask_aabb: jax.Array, xyz: jax.Array, size=None) -> jax.Array:
+    """:func:`query_alpha_mask` up to its gather, one int32 per world point (..., 3) of a
+    ``(Z, Y, X)`` mask: ``8 * cell + planes``, with ``cell`` the point's flat index in
+    :func:`mask_corner_codes` (one past the last cell outside the lattice) and bit k of ``planes``
+    set when the point lies on a lattice plane of axis k (x, y, z), where the far corners weigh
+    nothing. :func:`mask_key_hits` finishes the query. Apart so that a caller can keep this
+    arithmetic out of the gather's fusion (XLA's CPU backend vectorises it then). ``size`` as in
+    :func:`query_alpha_mask`."""
+    Z, Y, X = (int(n) for n in shape)
+    n_cells = (Z + 1) * (Y + 1) * (X + 1)
+    if n_cells >= 1 << 28:
+        raise ValueError(f"mask_cell_keys: a {Z}x{Y}x{X} mask has too many cells for int32 keys")
+    lin, frac, inside = _lattice_cell(shape, mask_aabb, xyz, size)
+    planes = sum(((f <= 0).astype(jnp.int32) << k) for k, f in enumerate(frac))
+    return jnp.where(inside, lin, n_cells) * 8 + planes
+
+
+def mask_key_codes(mask: jax.Array) -> jax.Array:
+    """:func:`mask_corner_codes` flattened, with one empty cell appended (the cell of the keys of
+    points outside the lattice)."""
+    return jnp.concatenate([mask_corner_codes(mask).reshape(-1), jnp.zeros((1,), jnp.uint8)])
+
+
+# corners with weight > 0 per plane bits (bit k: on a plane of axis k): the corners whose bit-index
+# (4 dz + 2 dy + dx) shares no set bit with the plane bits
+_CORNERS_OFF_PLANES = np.array(
+    [sum(1 << c for c in range(8) if c & p == 0) for p in range(8)], dtype=np.uint8
+)
+
+
+def mask_key_hits(key_codes: jax.Array, keys: jax.Array) -> jax.Array:
+    """Whether the points of :func:`mask_cell_keys` fall in the mask (``key_codes`` from
+    :func:`mask_key_codes`): equal to :func:`query_alpha_mask` of the same points."""
+    corners = jnp.asarray(_CORNERS_OFF_PLANES)[keys & 7]
+    return (key_codes[keys >> 3] & corners) != 0
 
 
 def dilate_and_threshold(alpha_xyz: jax.Array, thres: float) -> jax.Array:

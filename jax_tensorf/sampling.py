@@ -40,11 +40,16 @@ def sample_ray(
     step_size,
     n_samples: int,
     jitter: jax.Array | None = None,
+    first=None,
 ):
     """Samples ``t_min + step * (i + jitter)`` for i < n_samples, one jitter per ray (training) or
-    none (evaluation). Returns ``(z_vals (R,N), xyz (R,N,3), in_box (R,N))``."""
+    none (evaluation). Returns ``(z_vals (R,N), xyz (R,N,3), in_box (R,N))``. With ``first`` (an
+    integer, may be traced) the samples are ``i = first, ..., first + n_samples - 1`` instead,
+    with the same values as those samples of a longer call."""
     t_min = ray_aabb_tmin(rays_o, rays_d, aabb, near, far)
     rng = jnp.arange(n_samples, dtype=rays_o.dtype)[None, :]
+    if first is not None:
+        rng = rng + jnp.asarray(first).astype(rays_o.dtype)
     if jitter is not None:
         rng = rng + jitter[:, None]
     z_vals = t_min[:, None] + step_size * rng

@@ -164,14 +164,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
-        from tensorf_common.bounds import carve_visual_hull, ray_box_hit
+        """The box (carved from the views' alpha, or the dataset's), the initial model, the
+        sampler with the rays that miss the box filtered out, and the compaction capacities. The
+        carving and the ray filter run as compiled JAX on the default device (on the CPU backend
+        numpy carves: the same hull without a compilation, which costs more than it saves there)."""
         from tensorf_common.data import BatchSampler
+
+        from .ray_filter import filter_rays_by_box
 
         t0 = time.perf_counter()
         tc, split = self.tc, self.train_split
         aabb = np.asarray(self.dataset.aabb, np.float32)
         hull = None
         if tc.box == "carve":
+            if jax.default_backend() == "cpu":
+                from tensorf_common.bounds import carve_visual_hull
+            else:
+                from .carving import carve_visual_hull
             occ, tight = carve_visual_hull(split, aabb, tc.carve_resolution)
             hull = (occ, aabb)
             self.events.append({"event": "carve", "aabb": tight.tolist(), "from": aabb.tolist()})
@@ -191,7 +200,7 @@ class Trainer:
         self.opt_state = init_optimizer_state(self.adam, self.model.params, self.policy)
         self.sampler = BatchSampler(split.n_rays, tc.batch_size, tc.seed)
         if tc.ray_filter:
-            keep = self._filter_rays_by_box(split, self.model.aabb, ray_box_hit)
+            keep = filter_rays_by_box(split, self.model.aabb)
             self.sampler.restrict(keep)
             self.events.append({"event": "ray_filter_box", "kept": int(self.sampler.pool_size), "of": split.n_rays})
         self._set_capacities(initial=True)
@@ -271,15 +280,6 @@ class Trainer:
         m.active_size = list(grid_after)
         m.state = m.state.replace(grid_size=size)
         m._set_grid_geometry(aabb_after)
-
-    @staticmethod
-    def _filter_rays_by_box(split, aabb, ray_box_hit, chunk: int = 1 << 18) -> np.ndarray:
-        keep = np.zeros(split.n_rays, dtype=bool)
-        for start in range(0, split.n_rays, chunk):
-            idx = np.arange(start, min(start + chunk, split.n_rays))
-            o, d = split.rays(idx)
-            keep[idx] = ray_box_hit(o, d, aabb)
-        return np.flatnonzero(keep)
 
     # ------------------------------------------------------------------ capacities
     def _set_capacities(self, initial: bool = False) -> None:
@@ -493,14 +493,15 @@ class Trainer:
         self.events.append(event)
         self.log(f"step {p.step}: {json.dumps(event)}")
 
-    def _filter_rays_by_mask(self, chunk: int = 8192) -> np.ndarray:
-        pool = self.sampler.pool()
-        keep = np.zeros(pool.size, dtype=bool)
-        for start in range(0, pool.size, 1 << 18):
-            idx = pool[start : start + (1 << 18)]
-            o, d = self.train_split.rays(idx)
-            keep[start : start + idx.size] = self.model.rays_hit_mask(o, d, chunk=chunk)
-        return pool[keep]
+    def _filter_rays_by_mask(self) -> np.ndarray:
+        """The pooled rays with an evaluation sample in the mask (official ``filtering_rays``)."""
+        from .ray_filter import filter_rays_by_mask
+
+        m = self.model
+        s = m.state
+        size = None if s.mask_size is None else np.asarray(s.mask_size)
+        return filter_rays_by_mask(self.train_split, self.sampler.pool(), s.aabb, s.step_size, s.mask, s.mask_aabb,
+                                   m.near_far[0], m.near_far[1], 256, mask_size=size)
 
     def _upsample(self) -> None:
         tc, m, p = self.tc, self.model, self.pos

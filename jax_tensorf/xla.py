@@ -18,17 +18,24 @@ Host memory on the CPU backend (the measurements are in DEVELOPERS.md and the RE
 
 ``TENSORF_BENCH_XLA_TRAIN`` / ``TENSORF_BENCH_XLA_EVAL`` override the defaults with a JSON object
 of XLA debug options (``{}`` for XLA's own defaults).
+
+Chunk sizes of one-off device work (carving, ray filtering) come from :func:`device_memory_available`
+and :func:`chunk_items`, so that the same code uses large chunks on an accelerator and stays within
+a modest share of RAM on the CPU backend, where the device memory is the process's own.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from typing import Optional
 
 import jax
 import jax.monitoring
+import jax.numpy as jnp
 
-from tensorf_common.runtime import release_memory
+from tensorf_common.runtime import available_memory_bytes, release_memory
 
 _DEFAULTS = {
     "train": {},
@@ -65,6 +72,90 @@ def device_peak_bytes() -> dict[str, int]:
     except Exception:  # backends without allocator statistics
         return {}
     return {"device_peak_bytes": int(stats["peak_bytes_in_use"])} if "peak_bytes_in_use" in stats else {}
+
+
+HOST_CHUNK_CAP_BYTES = 64 << 20
+"""On the CPU backend, :func:`device_memory_available` reports at most this much: one-off set-up
+work shares the machine's RAM with the training run (whose peak it must not raise much) and with
+whatever else runs there, and chunks of a few MB, which stay in the caches, ran faster there than
+larger ones (carving and the mask ray filter on a 2-core VM)."""
+
+
+def device_memory_available(device=None) -> int:
+    """Bytes that one-off work may use on ``device`` (default: the default device).
+
+    An accelerator: its allocator's ``bytes_limit - bytes_in_use`` (``device.memory_stats()``).
+    The CPU backend, or a device without statistics: a quarter of the host's available RAM, at most
+    :data:`HOST_CHUNK_CAP_BYTES`."""
+    dev = jax.devices()[0] if device is None else device
+    if dev.platform != "cpu":
+        try:
+            stats = dev.memory_stats() or {}
+        except Exception:  # backends without allocator statistics
+            stats = {}
+        if "bytes_limit" in stats:
+            return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
+    return min(available_memory_bytes() // 4, HOST_CHUNK_CAP_BYTES)
+
+
+def chunk_items(
+    bytes_per_item: float,
+    *,
+    budget_bytes: Optional[int] = None,
+    share: float = 0.25,
+    lo: int = 1 << 10,
+    hi: int = 1 << 24,
+    need: Optional[int] = None,
+) -> int:
+    """Items per chunk: the largest power of two whose ``bytes_per_item`` fit in ``share`` of
+    ``budget_bytes`` (default: :func:`device_memory_available`), clamped to ``[lo, hi]``, and no
+    larger than the power of two that holds ``need`` items (the whole job), when given.
+
+    ``share`` leaves room for what a chunk's estimate misses (XLA's temporaries, the inputs, the
+    next chunk's transfer). ``lo`` and ``hi`` must be powers of two, so the result always is one."""
+    if bytes_per_item <= 0:
+        raise ValueError(f"bytes_per_item: must be positive, got {bytes_per_item}")
+    for name, v in (("lo", lo), ("hi", hi)):
+        if v < 1 or v & (v - 1):
+            raise ValueError(f"{name}: must be a power of two, got {v}")
+    if lo > hi:
+        raise ValueError(f"lo {lo} is above hi {hi}")
+    budget = device_memory_available() if budget_bytes is None else int(budget_bytes)
+    fit = int(max(0.0, share * budget) // float(bytes_per_item))
+    n = min(max(1 << (fit.bit_length() - 1) if fit >= 1 else 1, lo), hi)
+    if need is not None:
+        n = min(n, 1 << max(0, int(need) - 1).bit_length())
+    return int(n)
+
+
+def fixed_chunk(n_items: int, bytes_per_item: float, chunk: Optional[int] = None) -> int:
+    """The chunk of a one-off job of ``n_items`` (one size for all its calls, hence one
+    compilation): ``chunk`` when given, else :func:`chunk_items` capped at the job's size."""
+    if chunk is None:
+        return chunk_items(bytes_per_item, need=n_items)
+    if int(chunk) < 1:
+        raise ValueError(f"chunk: must be positive, got {chunk}")
+    return int(chunk)
+
+
+def fusion_barrier(tree):
+    """``tree`` itself (arrays of any dtype), computed into buffers that later ops read.
+
+    XLA fuses a producer into its consumers. Where that must not happen, route the value through
+    here: a conditional, since fusion never crosses control flow (``optimization_barrier`` does
+    not stop fusion on XLA CPU). Uses: an arithmetic-heavy producer whose fusion with a gather
+    keeps XLA's CPU backend from vectorising it; a slice of a buffer that a loop then updates in
+    place (read into its own buffer first, or XLA copies the whole buffer every iteration).
+    Exact: the second branch runs only when every bit of every entry is zero, and returns zeros."""
+
+    def bits(x):
+        if jnp.issubdtype(x.dtype, jnp.floating):  # compare bits: -0.0 and denormals are not 0 here
+            x = jax.lax.bitcast_convert_type(x, jnp.dtype(f"uint{8 * x.dtype.itemsize}"))
+        return jnp.any(x != 0)
+
+    leaves = jax.tree.leaves(tree)
+    nonzero = functools.reduce(jnp.logical_or, [bits(x) for x in leaves])
+    return jax.lax.cond(nonzero, lambda t: t, lambda t: jax.tree.map(jnp.zeros_like, t), tree)
 
 
 def release_host_memory(clear_caches: bool = True) -> None:

@@ -20,6 +20,7 @@ views only the hull's neighbourhood is projected (100 views over 128^3 take a fe
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -59,11 +60,68 @@ def _dilate_3d(occ: np.ndarray, margin: int) -> np.ndarray:
     return maximum_filter(occ, size=2 * margin + 1, mode="constant", cval=False)
 
 
-def _carve(split, view_ids, box: np.ndarray, res, thres_u8: int) -> np.ndarray:
-    """Flat indices (into the ``res`` grid) of the voxels that survive every view."""
-    axes = grid_axes(box, res)
+@dataclass(frozen=True)
+class CarvePlan:
+    """What a carving of a split needs besides the per-view work (shared by this numpy carving and
+    ``jax_tensorf.carving``, so that both read the same views, thresholds and radii)."""
+
+    box: np.ndarray
+    """The carved box, ``(2, 3)`` float32."""
+    res: tuple[int, int, int]
+    """Voxels per axis."""
+    view_ids: list[int]
+    """The views used, in carving order."""
+    thres_u8: int
+    """Pixels with alpha below this uint8 value count as empty."""
+    trivial: bool
+    """No used pixel is below the threshold (no alpha information): the whole box is kept."""
+    voxel_radius: float
+    """Half the voxel diagonal."""
+    radius_scale: float
+    """``focal * voxel_radius * stretch``: a view's dilation radius is
+    ``ceil(radius_scale / max(zmin - voxel_radius, 1e-3)) + 1`` pixels, with ``zmin`` the smallest
+    camera depth of a live voxel in front of it (see :func:`dilation_radius`)."""
+
+
+def carve_plan(
+    split, aabb, resolution: Union[int, Sequence[int]], alpha_thres: float, views: Optional[Sequence[int]]
+) -> CarvePlan:
+    """The :class:`CarvePlan` of ``carve_visual_hull``'s arguments (checks them)."""
+    box = as_aabb(aabb)
+    res = _resolution(resolution)
+    view_ids = list(range(split.n_views)) if views is None else [int(v) for v in views]
+    thres_u8 = int(np.ceil(float(alpha_thres) * 255.0))
+    trivial = thres_u8 <= 0 or not any(bool((split.images[v, ..., 3] < thres_u8).any()) for v in view_ids)
     voxel = (box[1] - box[0]) / (np.asarray(res, dtype=np.float32) - 1)
     voxel_radius = float(np.linalg.norm(voxel)) / 2.0  # half the voxel diagonal
+    H, W = split.height, split.width
+    f = float(split.focal)
+    stretch = float(np.sqrt(1.0 + (max(split.cx, W - split.cx) ** 2 + max(split.cy, H - split.cy) ** 2) / f**2))
+    return CarvePlan(box, res, view_ids, thres_u8, trivial, voxel_radius, f * voxel_radius * stretch)
+
+
+def dilation_radius(plan: CarvePlan, zmin: float) -> int:
+    """Pixels by which a view's silhouette is dilated when the nearest live voxel centre in front of
+    it is at depth ``zmin``.
+
+    A point within ``voxel_radius`` of a centre at depth >= ``zmin - voxel_radius`` that projects
+    inside the image moves by at most ``f * r * sqrt(1 + tan_max^2) / (zmin - r)`` pixels; one more
+    pixel covers soft (fractional-alpha) silhouette edges."""
+    return int(np.ceil(plan.radius_scale / max(float(zmin) - plan.voxel_radius, 1e-3))) + 1
+
+
+def camera_projection(c2w) -> tuple[np.ndarray, np.ndarray]:
+    """World -> camera (OpenCV) of a camera-to-world matrix, ``R^T (p - t)`` as ``A p + b``:
+    ``(A (3, 3), b (3,))`` float32, computed in float64."""
+    c2w = np.asarray(c2w, dtype=np.float64)
+    R, t = c2w[:3, :3], c2w[:3, 3]
+    return R.T.astype(np.float32), (-R.T @ t).astype(np.float32)
+
+
+def _carve(split, plan: CarvePlan) -> np.ndarray:
+    """Flat indices (into the ``res`` grid) of the voxels that survive every view."""
+    res = plan.res
+    axes = grid_axes(plan.box, res)
     # Flat indices of the voxels still alive, and their centres (float32 to keep memory small).
     alive = np.arange(int(np.prod(res)), dtype=np.int64)
     ix, iy, iz = np.unravel_index(alive, res)
@@ -71,16 +129,12 @@ def _carve(split, view_ids, box: np.ndarray, res, thres_u8: int) -> np.ndarray:
     del ix, iy, iz
     H, W = split.height, split.width
     f = float(split.focal)
-    stretch = float(np.sqrt(1.0 + (max(split.cx, W - split.cx) ** 2 + max(split.cy, H - split.cy) ** 2) / f**2))
-    for v in view_ids:
+    for v in plan.view_ids:
         if alive.size == 0:
             break
-        c2w = split.c2w[v].astype(np.float64)
-        R, t = c2w[:3, :3], c2w[:3, 3]
-        # world -> camera (OpenCV): R^T (p - t), written out per coordinate (a (N,3) @ (3,3)
-        # matmul is an order of magnitude slower here)
-        A = R.T.astype(np.float32)
-        b = (-R.T @ t).astype(np.float32)
+        # world -> camera written out per coordinate (a (N,3) @ (3,3) matmul is an order of
+        # magnitude slower here)
+        A, b = camera_projection(split.c2w[v])
         x, y, zz = pts
         z = x * A[2, 0] + y * A[2, 1] + zz * A[2, 2] + b[2]
         front = z > 1e-6
@@ -91,12 +145,8 @@ def _carve(split, view_ids, box: np.ndarray, res, thres_u8: int) -> np.ndarray:
         inside = front & (u >= 0) & (u < W) & (w >= 0) & (w < H)
         if not inside.any():
             continue
-        # Projected radius of a voxel: a point within voxel_radius of a centre at depth >= zmin
-        # that projects inside the image moves by at most f * r * sqrt(1 + tan_max^2) / (zmin - r)
-        # pixels; one more pixel covers soft (fractional-alpha) silhouette edges.
-        zmin = float(z[front].min()) - voxel_radius
-        radius_px = int(np.ceil(f * voxel_radius * stretch / max(zmin, 1e-3))) + 1
-        sil = _dilate_2d(split.images[v, ..., 3] >= thres_u8, radius_px).reshape(-1)
+        radius_px = dilation_radius(plan, float(z[front].min()))
+        sil = _dilate_2d(split.images[v, ..., 3] >= plan.thres_u8, radius_px).reshape(-1)
         keep = ~inside
         idx = np.flatnonzero(inside)
         keep[idx] = sil[w[idx].astype(np.int64) * W + u[idx].astype(np.int64)]  # floor: both >= 0
@@ -132,25 +182,28 @@ def carve_visual_hull(
     Raises:
         DatasetError: carving removed every voxel (the poses and the alpha disagree).
     """
-    box = as_aabb(aabb)
-    res = _resolution(resolution)
-    view_ids = list(range(split.n_views)) if views is None else [int(v) for v in views]
-    thres_u8 = int(np.ceil(float(alpha_thres) * 255.0))
-    full = (np.ones(res, dtype=bool), box.copy())
-    if thres_u8 <= 0 or not any(bool((split.images[v, ..., 3] < thres_u8).any()) for v in view_ids):
-        return full
+    plan = carve_plan(split, aabb, resolution, alpha_thres, views)
+    if plan.trivial:
+        return np.ones(plan.res, dtype=bool), plan.box.copy()
+    return finish_hull(split.name, _carve(split, plan), plan, margin)
 
-    alive = _carve(split, view_ids, box, res, thres_u8)
 
-    occ = np.zeros(res, dtype=bool)
-    occ.reshape(-1)[alive] = True
+def finish_hull(split_name: str, alive: np.ndarray, plan: CarvePlan, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(occupancy, tight_aabb)`` from the flat indices of the voxels that survived carving: the
+    occupancy grid dilated by ``margin`` voxels and the box of its voxel centres.
+
+    Raises:
+        DatasetError: no voxel survived.
+    """
+    occ = np.zeros(plan.res, dtype=bool)
+    occ.reshape(-1)[np.asarray(alive, dtype=np.int64)] = True
     if not occ.any():
         raise DatasetError(
-            f"{split.name}: carving the visual hull removed every voxel of the box "
-            f"{box.tolist()} (do the poses and the alpha channel agree?)"
+            f"{split_name}: carving the visual hull removed every voxel of the box "
+            f"{plan.box.tolist()} (do the poses and the alpha channel agree?)"
         )
     occ = _dilate_3d(occ, int(margin))
-    return occ, occupancy_bounds(occ, box)
+    return occ, occupancy_bounds(occ, plan.box)
 
 
 def occupancy_bounds(occ: np.ndarray, aabb) -> np.ndarray:
@@ -182,4 +235,14 @@ def ray_box_hit(origins: np.ndarray, dirs: np.ndarray, aabb) -> np.ndarray:
     return tf >= np.maximum(tn, 0.0)
 
 
-__all__ = ["carve_visual_hull", "grid_axes", "occupancy_bounds", "ray_box_hit"]
+__all__ = [
+    "CarvePlan",
+    "camera_projection",
+    "carve_plan",
+    "carve_visual_hull",
+    "dilation_radius",
+    "finish_hull",
+    "grid_axes",
+    "occupancy_bounds",
+    "ray_box_hit",
+]

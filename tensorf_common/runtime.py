@@ -73,17 +73,34 @@ def peak_rss_bytes() -> int:
     mark of the image before ``exec`` (a process forked from a large one, or re-executed with the
     allocator, reports its parent's peak). Falls back to ``ru_maxrss`` where /proc is absent.
     """
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    peak = _proc_kib("/proc/self/status", "VmHWM:")
+    if peak is not None:
+        return peak * 1024
     import resource
 
     rss = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return rss if sys.platform == "darwin" else rss * 1024
+
+
+def available_memory_bytes() -> int:
+    """Bytes of RAM the kernel reports as available (``MemAvailable`` in ``/proc/meminfo``; free
+    physical pages where that is absent)."""
+    avail = _proc_kib("/proc/meminfo", "MemAvailable:")
+    if avail is not None:
+        return avail * 1024
+    return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+
+
+def _proc_kib(path: str, key: str) -> Optional[int]:
+    """The kiB figure of the line starting with ``key`` in a /proc file, or None."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def release_memory() -> None:

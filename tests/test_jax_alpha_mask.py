@@ -156,3 +156,24 @@ def test_rays_hit_mask():
     d = np.array([[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0.6, 0.8]], np.float32)
     got = rays_hit_mask(jnp.asarray(o), jnp.asarray(d), jnp.asarray(BOX), 0.5, 6.0, 0.02, jnp.asarray(mask), jnp.asarray(BOX), 400)
     assert np.asarray(got).tolist() == [True, False, True, False]
+
+
+def test_cell_keys_and_key_hits_are_the_query():
+    # points on lattice planes and edges (where far corners weigh nothing), near and outside the
+    # lattice, and random ones: the split query answers as query_alpha_mask
+    from jax_tensorf.alpha_mask import mask_cell_keys, mask_key_codes, mask_key_hits
+
+    rng = np.random.default_rng(0)
+    mask = rng.random((5, 6, 7)) < 0.2  # (Z, Y, X)
+    box = np.array([[-1.0, -0.5, 0.0], [1.0, 0.7, 2.0]], np.float32)
+    sizes = np.array([7, 6, 5])
+    lattice = rng.integers(-1, sizes + 1, (3000, 3)).astype(np.float32)
+    lattice[1000:2000, 0] += rng.random(1000).astype(np.float32)  # on y and z planes only
+    lattice[2000:, :] += rng.random((1000, 3)).astype(np.float32)
+    pts = box[0] + lattice / (sizes - 1) * (box[1] - box[0])
+    pts = np.concatenate([pts, rng.uniform(-1.5, 2.5, (3000, 3)).astype(np.float32)])
+    want = np.asarray(query_alpha_mask(jnp.asarray(mask), jnp.asarray(box), jnp.asarray(pts)))
+    keys = mask_cell_keys(mask.shape, jnp.asarray(box), jnp.asarray(pts))
+    got = np.asarray(mask_key_hits(mask_key_codes(jnp.asarray(mask)), keys))
+    assert 0.05 < want.mean() < 0.95
+    np.testing.assert_array_equal(got, want)

@@ -104,3 +104,15 @@ def test_per_ray_jitter_does_not_depend_on_batch_size(small):
     key = jax.random.PRNGKey(123)
     big = np.asarray(per_ray_jitter(key, 256))
     np.testing.assert_array_equal(np.asarray(per_ray_jitter(key, small)), big[:small])
+
+
+def test_sample_ray_from_a_first_sample_repeats_the_longer_call():
+    rng = np.random.default_rng(0)
+    o = rng.uniform(-3, 3, (64, 3)).astype(np.float32)
+    d = rng.normal(size=(64, 3)).astype(np.float32)
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    box = jnp.asarray([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    full = jax.jit(lambda o, d: sample_ray(o, d, box, 0.5, 6.0, jnp.float32(0.01), 300))(o, d)
+    part = jax.jit(lambda o, d, f: sample_ray(o, d, box, 0.5, 6.0, jnp.float32(0.01), 100, first=f))(o, d, jnp.int32(170))
+    for a, b in zip(full, part):
+        np.testing.assert_array_equal(np.asarray(a)[:, 170:270], np.asarray(b))

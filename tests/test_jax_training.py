@@ -265,10 +265,13 @@ def _time_cfg(**kw) -> ExperimentConfig:
     return replace_train(_run_cfg(), **{**base, **kw})
 
 
-def test_time_fractions_count_training_seconds_only(small_dataset):
+def test_time_fractions_count_training_seconds_only(small_dataset, monkeypatch):
     """Set-up and the first compilation that take most of a short budget do not make every event fall
     due at the first step: the schedule runs on seconds of training."""
+    import jax_tensorf.training as training
+
     trainer = Trainer(_time_cfg(), small_dataset, log=lambda s: None)
+    monkeypatch.setattr(training, "time", FakeClock(tick=0.05))
     trainer.pos.elapsed = 40.0  # as if loading and carving had taken 40 of the 60 s
     points = []
     trainer.run(max_steps=3, on_log=points.append)
