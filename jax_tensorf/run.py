@@ -35,10 +35,13 @@ def train_run(
     progress: bool = False,
     log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
     on_log=None,
+    tensorboard: bool = True,
 ) -> dict:
     """Train a JAX TensoRF and evaluate it on the test split. Returns the summary written to
-    ``out_dir/run.json``."""
+    ``out_dir/run.json``. With ``tensorboard``, the log points, events, compiles and the evaluation
+    also go to TensorBoard event files in ``out_dir/tensorboard/`` (:mod:`tensorf_common.tensorboard`)."""
     from tensorf_common.data import load_from_config
+    from tensorf_common.tensorboard import RunWriter, eval_images
 
     from .checkpoint import save_model
     from .evaluation import evaluate_split
@@ -69,7 +72,18 @@ def train_run(
         log(f"resumed {ckpt} at step {trainer.pos.step} ({trainer.pos.elapsed:.1f} s of budget used)")
     else:
         trainer = Trainer(cfg, dataset, out_dir=out_dir, log=log, progress=progress)
-    trainer.run(on_log=on_log)
+    tb = RunWriter(out_dir, enabled=tensorboard, framework="jax", warn=log)
+    if resumed:
+        tb.mark_logged(trainer.events, trainer.compiles)  # the interrupted process logged these
+
+    def log_point(point) -> None:
+        tb.log_point(dataclasses.asdict(point))
+        tb.log_records(trainer.events, trainer.compiles)  # those since the previous point
+        if on_log is not None:
+            on_log(point)
+
+    trainer.run(on_log=log_point)
+    tb.log_records(trainer.events, trainer.compiles)
     trainer.save_checkpoint(ckpt)
     model = trainer.model.exact()  # static-shape runs train in padded buffers
     save_model(model, out_dir / "model.npz", cfg)
@@ -105,6 +119,10 @@ def train_run(
         )
         summary["eval"] = results.to_json_dict()
         summary["eval_render_seconds"] = round(render_s, 3)
+        if tb.enabled and results.per_image:
+            first = results.per_image[0]["name"]
+            tb.log_eval(results.mean, trainer.pos.step, eval_images(out_dir / "eval", first))
+    tb.close()
     summary["peak_rss_bytes"] = peak_rss_bytes()
     summary["device"] = device_info()["device"]
     summary["cpu_dispatch"] = cpu_dispatch()

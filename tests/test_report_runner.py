@@ -174,7 +174,7 @@ def test_timed_out_child_is_interrupted_first_then_killed(tmp_path, monkeypatch)
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_quality_child_trains_evaluates_and_prunes(tmp_path, small_scene, framework):
     """One real quality run on the small scene: run.json written (steps, history, evaluation), renders
-    pruned. The budget is generous so that the run ends at n_iters on any machine (stopping at a
+    pruned, no TensorBoard files. The budget is generous so that the run ends at n_iters on any machine (stopping at a
     budget is tested in test_torch_training_wall_clock.py and by the JAX trainer's tests)."""
     import dataclasses
 
@@ -198,6 +198,7 @@ def test_quality_child_trains_evaluates_and_prunes(tmp_path, small_scene, framew
     assert sorted(p.name for p in (out / "eval").glob("*.png")) == ["r_1.png"]
     assert not (out / "model.npz").exists() and not (out / "checkpoint.npz").exists()
     assert (out / "eval" / "metrics.json").is_file()
+    assert not (out / "tensorboard").exists()  # no event files in a committed report
 
 
 def test_compare_two_runs(tmp_path):

@@ -26,7 +26,8 @@ class Train:
     """Train the JAX TensoRF on a Blender-format dataset, then evaluate it on the test split.
 
     Writes RUN_DIR/checkpoint.npz (resumable), model.npz, eval/<frame>.png (+ depth/), eval/metrics.json
-    and .csv, and run.json (config, PSNR curve over wall-clock, throughput, compile times, peak memory).
+    and .csv, run.json (config, PSNR curve over wall-clock, throughput, compile times, peak memory) and
+    TensorBoard event files in tensorboard/.
     The last line printed is the mean test PSNR.
     """
 
@@ -51,6 +52,10 @@ class Train:
     """Evaluate on the test split at the end."""
     lpips: bool = True
     """Compute LPIPS (alex and vgg) in the evaluation."""
+    tensorboard: bool = True
+    """Write TensorBoard event files into RUN_DIR/tensorboard/ (train PSNR and MSE, rays/s, learning
+    rates, grid size, compile and schedule events, test metrics and a render); watch them with
+    `tensorboard --logdir runs/` (pip install tensorboard)."""
     progress: bool = True
     """Show a progress bar while stderr is a terminal (a redirected run logs the periodic step lines
     only)."""
@@ -86,7 +91,7 @@ class Train:
         print(f"training ({self.preset}) on {data_dir} -> {out}", file=sys.stderr)
         summary = train_run(
             cfg, data_dir, out, resume=self.resume, evaluate=self.eval, lpips=self.lpips,
-            progress=self.progress and sys.stderr.isatty(),
+            progress=self.progress and sys.stderr.isatty(), tensorboard=self.tensorboard,
         )
         print(
             f"steps {summary['steps']}, trained {summary['train_seconds']:.1f} s, "

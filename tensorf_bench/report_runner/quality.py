@@ -43,9 +43,9 @@ def _quality_jax(job: dict, cfg, out_dir: Path) -> dict:
     def on_log(point):
         _emit(step=point.step, elapsed=point.elapsed, psnr=point.psnr)
 
-    # the summary names the device (jax_tensorf.xla.device_info)
+    # the summary names the device (jax_tensorf.xla.device_info); no TensorBoard files in a report
     return train_run(cfg, job["data_dir"], out_dir, evaluate=True, lpips=job.get("lpips", True), progress=False,
-                     on_log=on_log)
+                     on_log=on_log, tensorboard=False)
 
 
 def _quality_torch(job: dict, cfg, out_dir: Path) -> dict:
