@@ -55,11 +55,13 @@ def train_run(
         release_host_memory,
     )
 
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # the writer imports its library before the run's clock starts, as importing jax does
+    tb = RunWriter(out_dir, enabled=tensorboard, framework="jax", warn=log)
     t_start = time.perf_counter()
     prefer_synchronous_cpu_dispatch()  # before anything creates the CPU client
     cache_dir = enable_compilation_cache()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     t_load = time.perf_counter()
     splits = ("train", "test") if evaluate else ("train",)
     dataset = load_from_config(data_dir, cfg.data, splits)
@@ -72,7 +74,6 @@ def train_run(
         log(f"resumed {ckpt} at step {trainer.pos.step} ({trainer.pos.elapsed:.1f} s of budget used)")
     else:
         trainer = Trainer(cfg, dataset, out_dir=out_dir, log=log, progress=progress)
-    tb = RunWriter(out_dir, enabled=tensorboard, framework="jax", warn=log)
     if resumed:
         tb.mark_logged(trainer.events, trainer.compiles)  # the interrupted process logged these
 
