@@ -20,10 +20,12 @@ views only the hull's neighbourhood is projected (100 views over 128^3 take a fe
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from .config import TrainConfig
 from .errors import DatasetError
 from .geometry import as_aabb
 
@@ -182,4 +184,31 @@ def ray_box_hit(origins: np.ndarray, dirs: np.ndarray, aabb) -> np.ndarray:
     return tf >= np.maximum(tn, 0.0)
 
 
-__all__ = ["carve_visual_hull", "grid_axes", "occupancy_bounds", "ray_box_hit"]
+@dataclasses.dataclass
+class TrainingBox:
+    """Where training starts: its box, an optional initial alpha mask and the set-up event."""
+
+    aabb: np.ndarray
+    """``(2, 3)`` float32 box the grid spans."""
+    mask: Optional[np.ndarray] = None
+    """``(Z, Y, X)`` bool initial alpha mask (the carved hull, ``carve_as_mask``), or None."""
+    mask_aabb: Optional[np.ndarray] = None
+    """The box the mask spans (the dataset's box, which was carved)."""
+    event: Optional[dict] = None
+    """``{"event": "carve", "aabb": ..., "from": ...}`` when the box was carved."""
+
+
+def training_box(split, aabb, tc: TrainConfig) -> TrainingBox:
+    """The box a trainer starts from: the dataset's (``train.box='dataset'``), or the visual hull of
+    ``split``'s alpha carved at ``train.carve_resolution`` (``'carve'``), with the hull as the
+    initial alpha mask over the dataset box when ``train.carve_as_mask``."""
+    box = as_aabb(aabb)
+    if tc.box != "carve":
+        return TrainingBox(box)
+    occ, tight = carve_visual_hull(split, box, tc.carve_resolution)
+    event = {"event": "carve", "aabb": np.asarray(tight).tolist(), "from": box.tolist()}
+    mask = np.ascontiguousarray(np.transpose(occ, (2, 1, 0))) if tc.carve_as_mask else None
+    return TrainingBox(np.asarray(tight, np.float32), mask, box if mask is not None else None, event)
+
+
+__all__ = ["TrainingBox", "carve_visual_hull", "grid_axes", "occupancy_bounds", "ray_box_hit", "training_box"]
