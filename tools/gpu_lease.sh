@@ -39,7 +39,7 @@ import importlib.metadata as md, jax, jax.numpy as jnp, torch
 print({n: md.version(n) for n in ("jax", "jaxlib", "flax", "optax", "torch", "numpy", "tyro")})
 print("jax devices:", jax.devices(), "| torch cuda:", torch.cuda.is_available())
 x = jnp.ones((1024, 1024)); print("jit ok:", float(jax.jit(lambda a: (a @ a).sum())(x)))
-import tensorf_bench.cli, jax_tensorf.run, torch_reference.training  # noqa: F401
+import tensorf_bench.cli, jax_tensorf.run, torch_reference.run  # noqa: F401
 PY
 
 pack() {
