@@ -84,11 +84,13 @@ def test_smoke_training_psnr_rises(trained):
     assert history[-1]["grid_size"] == [16, 16, 16]
 
 
-def test_resume_without_checkpoint_exits_2_with_one_line(small_scene, tmp_path):
-    rc, out, err = _cli(["train", "--data", small_scene, "--preset", "smoke", "--out", tmp_path / "empty", "--resume", "--no-progress"])
+@pytest.mark.parametrize(("framework", "checkpoint"), [("jax", "checkpoint.npz"), ("torch", "checkpoint.th")])
+def test_resume_without_checkpoint_exits_2_with_one_line(small_scene, tmp_path, framework, checkpoint):
+    rc, out, err = _cli(["train", "--framework", framework, "--data", small_scene, "--preset", "smoke",
+                         "--out", tmp_path / "empty", "--resume", "--no-progress"])
     assert rc == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "checkpoint.npz" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and checkpoint in lines[0]
     assert not (tmp_path / "empty" / "run.json").exists()
 
 

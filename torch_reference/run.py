@@ -9,6 +9,7 @@ JAX run's layout: ``run.json`` (the same keys, :mod:`tensorf_common.run_summary`
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -48,7 +49,9 @@ def train_run(
     tensorboard: bool = True,
 ) -> dict:
     """Train a torch TensoRF and evaluate it on the test split. Returns the summary written to
-    ``out_dir/run.json``. ``on_log`` is called with each :class:`torch_reference.training.LogPoint`.
+    ``out_dir/run.json``. ``on_log`` is called with a dict per log point (the fields of
+    :class:`tensorf_common.training_log.LogPoint`); ``tensorboard`` is for the TensorBoard writer (not
+    wired in yet). A resumed run (``resume`` and ``out_dir/checkpoint.th``) keeps its saved config.
     Config fields the torch reference cannot honour raise ConfigError before anything is read;
     the JAX-only speed knobs it ignores are recorded under ``ignored_config``."""
     import torch
@@ -76,7 +79,7 @@ def train_run(
         log(f"resumed {ckpt} at step {trainer.pos.step} ({trainer.pos.elapsed:.1f} s of budget used)")
     else:
         trainer = Trainer(cfg, dataset, out_dir=out_dir, log=log, progress=progress, device=device)
-    trainer.run(on_log=on_log)
+    trainer.run(on_log=None if on_log is None else lambda point: on_log(dataclasses.asdict(point)))
     trainer.save_checkpoint(ckpt)
     model = trainer.model
     save_checkpoint(model, out_dir / MODEL, extra={"config": cfg.to_dict()})

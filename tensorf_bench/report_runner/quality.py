@@ -6,6 +6,7 @@ Started as ``python -m tensorf_bench.report_runner quality JOB.json``; it prints
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -43,8 +44,9 @@ def _quality_run(framework: str, job: dict, cfg, out_dir: Path) -> dict:
     else:
         from torch_reference.run import train_run
 
-    def on_log(point):
-        _emit(step=point.step, elapsed=point.elapsed, psnr=point.psnr)
+    def on_log(point):  # a LogPoint (JAX) or a dict of its fields (torch)
+        p = point if isinstance(point, dict) else dataclasses.asdict(point)
+        _emit(step=p["step"], elapsed=p["elapsed"], psnr=p["psnr"])
 
     return train_run(cfg, job["data_dir"], out_dir, evaluate=True, lpips=job.get("lpips", True), progress=False,
                      on_log=on_log)
