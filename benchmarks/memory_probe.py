@@ -57,7 +57,7 @@ def _workload(framework: str, workload: str, size):
     import torch
 
     from tensorf_common.geometry import train_n_samples
-    from torch_reference.training import LossWeights, make_optimizer, train_step
+    from torch_reference.step import LossWeights, make_optimizer, train_step
 
     model = W.torch_model(cfg, grid)
     if workload == "train_step":

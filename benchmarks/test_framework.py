@@ -116,7 +116,7 @@ def _jax_values(c, workload, out) -> dict:
 
 def _torch_fn(tw: Twins, workload: str, compiled: bool):
     """(fn, first_values, compile_seconds): ``fn()`` runs the work once (synchronised)."""
-    from torch_reference.training import LossWeights, loss_terms, make_optimizer, train_step
+    from torch_reference.step import LossWeights, loss_terms, make_optimizer, train_step
 
     dev = W.torch_device()
     if workload == "field":

@@ -7,16 +7,13 @@ throughput, compile times, schedule events, peak memory and the evaluation.
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
-
-from tensorf_common.atomic import write_json
 from tensorf_common.config import ExperimentConfig
-from tensorf_common.runtime import peak_rss_bytes
+from tensorf_common.run_summary import evaluation_summary, training_summary, write_run_summary
 
 
 def eval_views(split, cfg: ExperimentConfig) -> list[int]:
@@ -89,28 +86,11 @@ def train_run(
     model = trainer.model.exact()  # static-shape runs train in padded buffers
     save_model(model, out_dir / "model.npz", cfg)
 
-    summary = {
-        "framework": "jax",
-        "data": str(data_dir),
-        "config": cfg.to_dict(),
-        "steps": trainer.pos.step,
-        "train_seconds": round(trainer.pos.elapsed, 3),
-        "step_seconds": round(trainer.pos.train_seconds, 3),
-        "load_seconds": round(load_seconds, 3),
-        "setup_seconds": round(trainer.setup_seconds, 3),
-        "time_to_first_step": (
-            None if resumed or trainer.first_step_at is None else round(trainer.first_step_at - t_start, 3)
-        ),
-        "compile_seconds": round(sum(c["seconds"] for c in trainer.compiles), 3),
-        "compilation_cache": str(cache_dir) if cache_dir is not None else None,
-        "grid_size": trainer.model.grid_size,
-        "aabb": trainer.model.aabb.tolist(),
-        "compiles": trainer.compiles,
-        "events": trainer.events,
-        "history": [dataclasses.asdict(p) for p in trainer.history],
-        "rays_per_s": _steady_rays_per_s(trainer),
-    }
-    summary["peak_rss_train_bytes"] = peak_rss_bytes()
+    summary = training_summary(
+        "jax", data_dir, trainer, grid_size=trainer.model.grid_size, aabb=trainer.model.aabb.tolist(),
+        load_seconds=load_seconds, t_start=t_start, resumed=resumed,
+    )
+    summary["compilation_cache"] = str(cache_dir) if cache_dir is not None else None
     if evaluate:
         trainer.drop_executables()
         release_host_memory()
@@ -118,24 +98,13 @@ def train_run(
         results, render_s = evaluate_split(
             model, test, out_dir / "eval", eval_views(test, cfg), lpips=lpips
         )
-        summary["eval"] = results.to_json_dict()
-        summary["eval_render_seconds"] = round(render_s, 3)
+        summary.update(evaluation_summary(results, render_s))
         if tb.enabled and results.per_image:
             first = results.per_image[0]["name"]
             tb.log_eval(results.mean, trainer.pos.step, eval_images(out_dir / "eval", first))
     tb.close()
-    summary["peak_rss_bytes"] = peak_rss_bytes()
     summary["device"] = device_info()["device"]
     summary["cpu_dispatch"] = cpu_dispatch()
     summary.update(device_peak_bytes())
-    write_json(out_dir / "run.json", summary)
+    write_run_summary(out_dir, summary)
     return summary
-
-
-def _steady_rays_per_s(trainer) -> Optional[float]:
-    """Training rays per second over the whole run: steps x batch over the seconds spent in steps
-    (set-up, compilation, mask updates and checkpoints excluded)."""
-    p = trainer.pos
-    if p.step == 0 or p.train_seconds <= 0:
-        return None
-    return round(p.step * trainer.tc.batch_size / p.train_seconds, 1)

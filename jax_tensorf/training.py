@@ -15,7 +15,6 @@ syncs that was spent in steps advances the schedule clock (``SchedulePosition.tr
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
@@ -31,7 +30,8 @@ import numpy as np
 from tensorf_common.config import ExperimentConfig
 from tensorf_common.errors import CheckpointError, TrainingError
 from tensorf_common.geometry import n_to_reso, train_n_samples
-from tensorf_common.schedule import Schedule, SchedulePosition
+from tensorf_common.schedule import Schedule, SchedulePosition, TrainingClock
+from tensorf_common.training_log import LogPoint, log_line, progress_bar
 
 from . import alpha_mask as am
 from . import checkpoint as ckpt
@@ -70,35 +70,6 @@ class StepShape:
     @property
     def samples_in_use(self) -> int:
         return self.n_samples if self.n_active is None else self.n_active
-
-
-@dataclasses.dataclass
-class LogPoint:
-    step: int
-    elapsed: float
-    mse: float
-    psnr: float
-    lr_grid: float
-    rays_per_s: float
-    n_samples: int
-    grid_size: list
-    sample_overflow: int = 0
-    app_overflow: int = 0
-    valid_fraction: float = 0.0
-    app_fraction: float = 0.0
-    train_seconds: float = 0.0
-    """Seconds of training (the schedule clock) at this point; ``elapsed`` is the budget clock."""
-
-
-def _progress(total: Optional[int], enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, unit="it", dynamic_ncols=True, file=sys.stderr)
-    except ImportError:  # pragma: no cover
-        return None
 
 
 class Trainer:
@@ -147,7 +118,7 @@ class Trainer:
         self.key = jax.random.PRNGKey(self.tc.seed)
         self._compiled: dict = {}
         self._pending_recompile = False
-        self._clock: Optional[float] = None
+        self._clock: Optional[TrainingClock] = None
         self.first_step_at: Optional[float] = None
         """``time.perf_counter()`` when the first step of this process had finished (None before)."""
         self.mesh = None
@@ -168,32 +139,26 @@ class Trainer:
         sampler with the rays that miss the box filtered out, and the compaction capacities. The
         carving and the ray filter run as compiled JAX on the default device (on the CPU backend
         numpy carves: the same hull without a compilation, which costs more than it saves there)."""
+        from tensorf_common.bounds import training_box
         from tensorf_common.data import BatchSampler
 
+        from .carving import carve_visual_hull
         from .ray_filter import filter_rays_by_box
 
         t0 = time.perf_counter()
         tc, split = self.tc, self.train_split
-        aabb = np.asarray(self.dataset.aabb, np.float32)
-        hull = None
-        if tc.box == "carve":
-            if jax.default_backend() == "cpu":
-                from tensorf_common.bounds import carve_visual_hull
-            else:
-                from .carving import carve_visual_hull
-            occ, tight = carve_visual_hull(split, aabb, tc.carve_resolution)
-            hull = (occ, aabb)
-            self.events.append({"event": "carve", "aabb": tight.tolist(), "from": aabb.tolist()})
-            aabb = tight
+        start = training_box(split, self.dataset.aabb, tc, None if jax.default_backend() == "cpu" else carve_visual_hull)
+        if start.event is not None:
+            self.events.append(start.event)
+        aabb = start.aabb
         reso = n_to_reso(tc.n_voxel_init, aabb)
         self.model = TensoRF.create(
             jax.random.fold_in(self.key, 0), self.cfg.field, self.cfg.render, aabb, reso,
             self.dataset.near_far, self.dataset.white_bg,
         )
         self.model.mesh = self.mesh
-        if hull is not None and tc.carve_as_mask:
-            occ, hull_box = hull
-            self.model.set_mask(np.ascontiguousarray(np.transpose(occ, (2, 1, 0))), hull_box)
+        if start.mask is not None:
+            self.model.set_mask(start.mask, start.mask_aabb)
         self.shape.n_samples = train_n_samples(reso, self.cfg.render.step_ratio, self.cfg.render.max_samples)
         if tc.static_shapes:
             self._to_static(sg.buffer_size(tc, aabb))
@@ -439,25 +404,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ clocks
     def _tick(self, training: bool) -> None:
-        """Advance the budget clock to now; the schedule clock too if the time since the last tick
-        was spent in training steps."""
-        now = time.perf_counter()
-        dt = now - self._clock
-        self._clock = now
-        self.pos.elapsed += dt
-        if training:
-            self.pos.train_seconds += dt
+        self._clock.tick(training)
 
-    @contextlib.contextmanager
     def _overhead(self):
         """Work that is not training (events, compilation, checkpoints): the steps dispatched before
         it finish first and count as training; the rest counts against the budget only."""
-        jax.block_until_ready(self.model.params)
-        self._tick(training=True)
-        try:
-            yield
-        finally:
-            self._tick(training=False)
+        return self._clock.overhead(lambda: jax.block_until_ready(self.model.params))
 
     # ------------------------------------------------------------------ events
     def _mask_update(self) -> None:
@@ -530,10 +482,10 @@ class Trainer:
         """Train until n_iters, the budget, or ``max_steps`` more steps (for tests and resumes)."""
         tc, p, sched = self.tc, self.pos, self.schedule
         start_step = p.step
-        bar = _progress(None if sched.uses_time else tc.n_iters, self.progress)
+        bar = progress_bar(None if sched.uses_time else tc.n_iters, self.progress)
         if bar is not None:
             bar.update(p.step)
-        self._clock = time.perf_counter()
+        self._clock = TrainingClock(p, lambda: time.perf_counter())
         compiled = self._step_fn()
         self._tick(training=False)
         window: list = []
@@ -619,10 +571,7 @@ class Trainer:
         self.history.append(point)
         self._grow_capacities(point)
         if not self.progress:
-            self.log(
-                f"step {point.step:6d}  t={point.elapsed:7.1f}s  psnr {point.psnr:6.2f}  "
-                f"{point.rays_per_s / 1000:6.1f}k rays/s  grid {'x'.join(map(str, point.grid_size))}"
-            )
+            self.log(log_line(point))
         return point
 
     # ------------------------------------------------------------------ checkpoints

@@ -23,7 +23,7 @@ import torch
 from compare import EXACT, assert_close
 from tensorf_convert import files
 from tensorf_convert.model import portable_from_jax, portable_from_torch, portable_to_jax
-from torch_reference.checkpoint import load_checkpoint
+from torch_reference.checkpoint import load_checkpoint, save_checkpoint
 from torch_reference.model import render_batched
 
 
@@ -57,7 +57,7 @@ def _jax_image(jm, o, d):
 def test_official_th_renders_the_same_in_jax(twins, parity_scene, tmp_path: Path, model):
     tm = _masked_pair(twins, model)
     path = tmp_path / "official.th"
-    tm.save(path, numpy_mask=True)  # the reference's official-format writer (numpy packbits mask)
+    save_checkpoint(tm, path, numpy_mask=True)  # the reference's official-format writer (numpy packbits mask)
     jm = portable_to_jax(files.read_model(path))  # the conversion layer
     reread = load_checkpoint(path)  # the safe loader
     o, d = _image_rays(parity_scene)
@@ -92,7 +92,7 @@ def test_safetensors_loads_in_both_frameworks(twins, parity_scene, tmp_path: Pat
 
 def test_file_round_trip_is_bit_exact(twins, tmp_path: Path):
     tm = _masked_pair(twins, "CP")
-    tm.save(tmp_path / "a.th", numpy_mask=True)
+    save_checkpoint(tm, tmp_path / "a.th", numpy_mask=True)
     files.convert_file(tmp_path / "a.th", tmp_path / "b.safetensors")
     files.convert_file(tmp_path / "b.safetensors", tmp_path / "c.npz")
     files.convert_file(tmp_path / "c.npz", tmp_path / "d.th")

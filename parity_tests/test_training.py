@@ -4,7 +4,7 @@ per-step jitter, LR decay, an alpha-mask update with shrink and an upsample with
 LR reset on both sides) ending within 0.05 dB of PSNR.
 
 The JAX side is driven step by step with ``jax_tensorf.step.train_step`` (jitter passed in), the
-torch side by ``torch_reference.training.train`` itself (its jitter generator reproduced here).
+torch side by ``torch_reference.training.Trainer`` itself (its jitter generator reproduced here).
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ import torch
 
 import jax_tensorf.step as jt
 from tensorf_common import schedule as sch
-import torch_reference.training as tt
+import torch_reference.step as ts
+from torch_reference.training import Trainer
 from compare import EXACT, FP32, GRAD, PSNR, assert_close, assert_scalar_close
-from tensorf_common.config import RenderConfig, TrainConfig
+from tensorf_common.config import SMALL_FIELD, ExperimentConfig, RenderConfig, TrainConfig
 from tensorf_common.data.sampler import BatchSampler
 from tensorf_common.geometry import n_to_reso, train_n_samples
 from tensorf_convert.state_dict import ModelSpec, torch_to_jax
@@ -62,7 +63,7 @@ def _jax_loss(jm, o, d, rgb, jit, weights: dict, precision: dict):
 def _torch_loss(tm, o, d, rgb, jit, weights: dict, n: int):
     rays = torch.cat([torch.from_numpy(o), torch.from_numpy(d)], -1)
     tm.zero_grad(set_to_none=True)
-    total, parts = tt.loss_terms(tm, rays, torch.from_numpy(rgb), tt.LossWeights(**weights), n_samples=n, jitter=torch.from_numpy(jit))
+    total, parts = ts.loss_terms(tm, rays, torch.from_numpy(rgb), ts.LossWeights(**weights), n_samples=n, jitter=torch.from_numpy(jit))
     total.backward()
     grads = {k: (torch.zeros_like(p) if p.grad is None else p.grad) for k, p in tm.named_parameters()}
     return total, parts, grads
@@ -86,34 +87,20 @@ def test_loss_and_gradients_of_every_parameter(twins, model, shading):
     assert_close(f"training.gradients[{model},{shading}]", jax.tree.map(np.asarray, grads_j), g_t, GRAD)
 
 
-def test_lr_schedule():
-    tc = TrainConfig(n_iters=100, lr_decay_target_ratio=0.1)
-    span = tt.decay_span(tc)
-    assert_close("training.lr_factor", np.float64(sch.lr_factor(tc, span)), np.float64(tt.lr_factor(tc, span)), EXACT)
-    # the torch optimizer's rates as its loop leaves them: decayed by a product after every step,
-    # reset (new Adam at the initial rates) after the upsample at iteration 49
-    model = torch.nn.Module()
-    optimizer = torch.optim.Adam([{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": tc.lr_init},
-                                  {"params": [torch.nn.Parameter(torch.zeros(1))], "lr": tc.lr_basis}])
-    del model
-    factor = tt.lr_factor(tc, span)
-    torch_lrs, jax_lrs, reset = [], [], 0
-    for it in range(100):
-        torch_lrs.append([g["lr"] for g in optimizer.param_groups])
-        jax_lrs.append(list(sch.learning_rates(tc, it - reset, span)))
-        tt.decay_learning_rates(optimizer, factor)
-        if it == 49:
-            for g, lr in zip(optimizer.param_groups, (tc.lr_init, tc.lr_basis)):
-                g["lr"] = lr
-            reset = it + 1
-    rel = np.asarray(jax_lrs) / np.asarray(torch_lrs) - 1.0
+def test_lr_schedule(parity_scene):
+    """The torch Trainer's optimizer rates (decayed by a product after every step, official) against
+    the shared schedule's closed form that the JAX trainer uses, over 100 steps with the reset (a new
+    Adam at the initial rates) after the upsample at iteration 49."""
+    tc = TrainConfig(n_iters=100, lr_decay_target_ratio=0.1, batch_size=64, upsample_at=(49,), alpha_mask_at=(),
+                     n_voxel_init=6**3, n_voxel_final=8**3, ray_filter=False, log_every=1)
+    trainer = Trainer(ExperimentConfig(field=SMALL_FIELD, train=tc), parity_scene, log=lambda s: None, device="cpu").run()
+    assert [e["event"] for e in trainer.events] == ["upsample"] and trainer.events[0]["step"] == 50
+    span = sch.decay_span_iters(tc)
+    torch_lrs = np.array([(h.lr_grid, h.lr_basis) for h in trainer.history])
+    jax_lrs = np.array([sch.learning_rates(tc, it - (50 if it >= 50 else 0), span) for it in range(100)])
+    assert torch_lrs.shape == jax_lrs.shape == (100, 2)
+    rel = jax_lrs / torch_lrs - 1.0
     assert_close("training.learning_rates[100 steps, reset at 50] (relative)", rel, np.zeros_like(rel))
-    assert_close(
-        "training.learning_rates[functions]",
-        np.array([sch.learning_rates(tc, s, span) for s in (0, 1, 37, 100)]),
-        np.array([tt.learning_rates(tc, s, span) for s in (0, 1, 37, 100)]),
-        EXACT,
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,8 +113,6 @@ UPSAMPLE_AT = 60
 
 
 def _trajectory_configs():
-    from tensorf_common.config import SMALL_FIELD
-
     field = dataclasses.replace(SMALL_FIELD, density_shift=-4.0)
     train = TrainConfig(
         batch_size=512,
@@ -152,29 +137,20 @@ def _psnr_per_image(rgb: np.ndarray, gt: np.ndarray, n_views: int) -> float:
 
 @pytest.fixture(scope="module")
 def trajectory(twins, parity_scene):
-    """Both trainings, run once for the tests below (one set of JAX compilations): the torch loop
+    """Both trainings, run once for the tests below (one set of JAX compilations): the torch trainer
     itself, a one-step torch run from the same init, and the JAX steps with step 0 kept."""
-    import copy
-
     from jax_tensorf import alpha_mask as jam
-    from torch_reference.model import TensorBase
 
     field, render, tc = _trajectory_configs()
     split = parity_scene["train"]
-    aabb, near_far = np.asarray(parity_scene.aabb, np.float32), tuple(parity_scene.near_far)
-    reso = n_to_reso(tc.n_voxel_init, aabb)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        tm = TensorBase.from_config(field, render, aabb.tolist(), reso, near_far)
-    jm = twins.to_jax(tm, render)  # the same init, through the converter
-    run_torch = lambda model, n: tt.train(  # noqa: E731
-        field, render, tc, split, aabb=aabb, near_far=near_far, model=model, n_iters=n,
-        generator=torch.Generator().manual_seed(tc.seed),
-    )
+    make = lambda: Trainer(ExperimentConfig(field=field, render=render, train=tc), parity_scene,  # noqa: E731
+                           log=lambda s: None, device="cpu")
 
-    # --- torch: the reference loop itself (and a copy stopped after its first step)
-    first = run_torch(copy.deepcopy(tm), 1)
-    res = run_torch(tm, None)
+    # --- torch: the reference trainer itself (and one stopped after its first step), the same init
+    first = make().run(max_steps=1)
+    res = make()
+    jm = twins.to_jax(res.model, render)  # the same init, through the converter
+    res.run()
 
     # --- JAX: train_step driven step by step with the torch loop's batches and jitter
     sampler = BatchSampler(split.n_rays, tc.batch_size, tc.seed)
@@ -183,7 +159,7 @@ def trajectory(twins, parity_scene):
     init_opt = jax.jit(adam.init)
     params = jm.params  # donated step by step; jm.params follows
     opt = init_opt(params)
-    span, reset, l1 = tt.decay_span(tc), 0, tc.l1_weight_initial
+    span, reset, l1 = sch.decay_span_iters(tc), 0, tc.l1_weight_initial
     n_samples = train_n_samples(jm.grid_size, render.step_ratio)
     mse_j, step0 = [], None
     step_precision = twins.precision_kwargs(jt._train_step)
@@ -241,12 +217,16 @@ def test_training_trajectory_100_steps(trajectory, parity_scene):
     assert jm.grid_size == tm.gridSize.tolist()
     assert_close("training.trajectory.aabb", jm.state.aabb, tm.aabb, FP32)
     assert_close("training.trajectory.alpha_mask", jm.state.mask, tm.alphaMask.mask, EXACT)
-    # --- training PSNR per log window (10 steps), as the torch loop logs it
-    psnr_j = -10.0 * np.log10(trajectory["jax_mse"].reshape(-1, tc.log_every).mean(-1))
-    psnr_t = np.array([h["psnr"] for h in res.history])
-    assert len(psnr_t) == len(psnr_j) == TRAJ_STEPS // tc.log_every
+    # --- training PSNR per log window, as the torch trainer logs it: every 10 steps and at the
+    # steps with events (after the steps of iterations 30 and 60)
+    steps = [h.step for h in res.history]
+    assert steps == sorted(set(range(tc.log_every, TRAJ_STEPS + 1, tc.log_every)) | {MASK_AT + 1, UPSAMPLE_AT + 1})
+    bounds = [0] + steps
+    mse_j = trajectory["jax_mse"]
+    psnr_j = np.array([-10.0 * np.log10(mse_j[a:b].mean()) for a, b in zip(bounds, bounds[1:])])
+    psnr_t = np.array([h.psnr for h in res.history])
     assert psnr_t[-1] > psnr_t[0] + 1.0  # it learns
-    assert_close("training.trajectory.train_psnr_per_10_steps", psnr_j, psnr_t, PSNR)
+    assert_close("training.trajectory.train_psnr_per_log_window", psnr_j, psnr_t, PSNR)
     # --- final held-out PSNR (official: mean of per-image PSNRs on float renders)
     test = parity_scene["test"]
     o, d = test.rays(np.arange(test.n_rays))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -76,6 +77,24 @@ def write_text(path: PathLike, text: str, fsync: bool = False) -> Path:
 def write_json(path: PathLike, obj: Any, default: Optional[Callable[[Any], Any]] = None, indent: int = 1) -> Path:
     """JSON with numpy scalars/arrays and paths converted (or a custom ``default``)."""
     return write_text(path, json.dumps(obj, indent=indent, default=default or json_default) + "\n")
+
+
+def clean_json(obj: Any) -> Any:
+    """Replace non-finite floats by strings ("inf", "-inf", "nan") so the JSON is strict."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {str(k): clean_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [clean_json(v) for v in obj]
+    return obj
+
+
+def write_strict_json(path: PathLike, obj: Any) -> Path:
+    """Strict JSON (numpy values and paths converted, non-finite floats as strings, see
+    :func:`clean_json`), written atomically."""
+    text = json.dumps(clean_json(json.loads(json.dumps(obj, default=json_default))), indent=1, allow_nan=False)
+    return write_text(path, text + "\n")
 
 
 def json_default(o: Any) -> Any:

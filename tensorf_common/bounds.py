@@ -20,11 +20,13 @@ views only the hull's neighbourhood is projected (100 views over 128^3 take a fe
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional, Sequence, Union
 
 import numpy as np
 
+from .config import TrainConfig
 from .errors import DatasetError
 from .geometry import as_aabb
 
@@ -235,8 +237,37 @@ def ray_box_hit(origins: np.ndarray, dirs: np.ndarray, aabb) -> np.ndarray:
     return tf >= np.maximum(tn, 0.0)
 
 
+@dataclasses.dataclass
+class TrainingBox:
+    """Where training starts: its box, an optional initial alpha mask and the set-up event."""
+
+    aabb: np.ndarray
+    """``(2, 3)`` float32 box the grid spans."""
+    mask: Optional[np.ndarray] = None
+    """``(Z, Y, X)`` bool initial alpha mask (the carved hull, ``carve_as_mask``), or None."""
+    mask_aabb: Optional[np.ndarray] = None
+    """The box the mask spans (the dataset's box, which was carved)."""
+    event: Optional[dict] = None
+    """``{"event": "carve", "aabb": ..., "from": ...}`` when the box was carved."""
+
+
+def training_box(split, aabb, tc: TrainConfig, carve=None) -> TrainingBox:
+    """The box a trainer starts from: the dataset's (``train.box='dataset'``), or the visual hull of
+    ``split``'s alpha carved at ``train.carve_resolution`` (``'carve'``), with the hull as the
+    initial alpha mask over the dataset box when ``train.carve_as_mask``. ``carve``: a twin of
+    :func:`carve_visual_hull` (the JAX trainer passes the one that runs on its device)."""
+    box = as_aabb(aabb)
+    if tc.box != "carve":
+        return TrainingBox(box)
+    occ, tight = (carve or carve_visual_hull)(split, box, tc.carve_resolution)
+    event = {"event": "carve", "aabb": np.asarray(tight).tolist(), "from": box.tolist()}
+    mask = np.ascontiguousarray(np.transpose(occ, (2, 1, 0))) if tc.carve_as_mask else None
+    return TrainingBox(np.asarray(tight, np.float32), mask, box if mask is not None else None, event)
+
+
 __all__ = [
     "CarvePlan",
+    "TrainingBox",
     "camera_projection",
     "carve_plan",
     "carve_visual_hull",
@@ -245,4 +276,5 @@ __all__ = [
     "grid_axes",
     "occupancy_bounds",
     "ray_box_hit",
+    "training_box",
 ]

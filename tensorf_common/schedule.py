@@ -23,8 +23,9 @@ A schedule runs on one of two axes:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 from .config import TrainConfig
 
@@ -166,9 +167,42 @@ class Schedule:
         return SchedulePosition(l1_weight=self.tc.l1_weight_initial)
 
 
+class TrainingClock:
+    """Moves a position's two clocks by a timer's readings: the budget clock (``elapsed``) always,
+    the schedule clock (``train_seconds``) by the time spent in training steps."""
+
+    def __init__(self, pos: SchedulePosition, timer: Callable[[], float]):
+        self.pos, self.timer = pos, timer
+        self.last = timer()
+
+    def tick(self, training: bool) -> None:
+        """Advance the budget clock to now; the schedule clock too if the time since the last tick
+        was spent in training steps."""
+        now = self.timer()
+        dt = now - self.last
+        self.last = now
+        self.pos.elapsed += dt
+        if training:
+            self.pos.train_seconds += dt
+
+    @contextlib.contextmanager
+    def overhead(self, sync: Callable[[], None]) -> Iterator[None]:
+        """Work that is not training (events, compilation, checkpoints): ``sync`` (waiting for the
+        device) lets the steps queued before it finish and count as training; the work itself, up to
+        a second ``sync``, counts against the budget only."""
+        sync()
+        self.tick(training=True)
+        try:
+            yield
+        finally:
+            sync()
+            self.tick(training=False)
+
+
 __all__ = [
     "Schedule",
     "SchedulePosition",
+    "TrainingClock",
     "decay_span_iters",
     "learning_rates",
     "lr_factor",

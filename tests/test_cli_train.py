@@ -84,11 +84,13 @@ def test_smoke_training_psnr_rises(trained):
     assert history[-1]["grid_size"] == [16, 16, 16]
 
 
-def test_resume_without_checkpoint_exits_2_with_one_line(small_scene, tmp_path):
-    rc, out, err = _cli(["train", "--data", small_scene, "--preset", "smoke", "--out", tmp_path / "empty", "--resume", "--no-progress"])
+@pytest.mark.parametrize(("framework", "checkpoint"), [("jax", "checkpoint.npz"), ("torch", "checkpoint.th")])
+def test_resume_without_checkpoint_exits_2_with_one_line(small_scene, tmp_path, framework, checkpoint):
+    rc, out, err = _cli(["train", "--framework", framework, "--data", small_scene, "--preset", "smoke",
+                         "--out", tmp_path / "empty", "--resume", "--no-progress"])
     assert rc == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "checkpoint.npz" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and checkpoint in lines[0]
     assert not (tmp_path / "empty" / "run.json").exists()
 
 
@@ -177,3 +179,77 @@ def test_render_views_and_orbit(trained):
     assert len(frames) == 3 and frames[0].shape[:2] == (32, 32)
     rc, _, err = _cli(["render", "--run-dir", run, "--views", 99])
     assert rc == 2 and err.strip().startswith("error: ") and "99" in err
+
+
+@pytest.fixture(scope="module")
+def trained_torch(small_scene, tmp_path_factory):
+    run = tmp_path_factory.mktemp("cli-torch") / "RUN"
+    rc, out, err = _cli(
+        ["train", "--framework", "torch", "--data", small_scene, "--preset", "smoke", "--out", run, "--steps", 10,
+         "--no-progress", "--no-lpips", "--config.train.log-every", 5, "--config.render.vmap-variant", "gather"]
+    )
+    assert rc == 0, err
+    return run, out, err
+
+
+def test_train_torch_writes_the_jax_run_layout(trained_torch, small_dataset):
+    """``train --framework torch``: run.json with the JAX run's keys, eval/ named like the ground
+    truth, the official-layout model.th and a resumable checkpoint.th; the JAX-only speed knob given
+    is recorded as ignored."""
+    from tensorf_common.run_summary import SHARED_KEYS
+    from torch_reference.checkpoint import load_checkpoint
+
+    run, out, _ = trained_torch
+    for name in ("run.json", "model.th", "checkpoint.th", "eval/metrics.json", "eval/metrics.csv", "eval/r_0.png",
+                 "eval/depth/r_0.png"):
+        assert (run / name).is_file(), name
+    assert not (run / "model.npz").exists() and not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+    summary = json.loads((run / "run.json").read_text())
+    assert set(SHARED_KEYS) | {"eval", "eval_render_seconds"} <= set(summary)
+    assert summary["framework"] == "torch" and summary["steps"] == 10 and summary["compiles"] == []
+    assert [h["step"] for h in summary["history"]] == [5, 10]
+    assert summary["ignored_config"]["render.vmap_variant"] == "gather"
+    assert summary["eval"]["n_images"] == 2 and (summary["device"] == "cpu" or summary["device"].startswith("cuda:"))
+    model = load_checkpoint(run / "model.th")  # the official layout, read by the safe loader
+    assert model.gridSize.tolist() == summary["grid_size"] == [16, 16, 16]
+    last = out.strip().splitlines()[-1]
+    m = re.fullmatch(r"mean test PSNR ([0-9.]+) dB .*", last)
+    assert m and float(m.group(1)) == pytest.approx(summary["eval"]["mean"]["psnr"], abs=0.005)
+
+
+def test_eval_and_render_read_a_torch_run(trained_torch):
+    run, _, _ = trained_torch
+    rc, out, err = _cli(["eval", "--run-dir", run, "--max-views", 2, "--no-lpips"])
+    assert rc == 0, err
+    got = json.loads((run / "eval-test" / "metrics.json").read_text())
+    want = json.loads((run / "eval" / "metrics.json").read_text())
+    # the saved model.th renders exactly what the trained model did
+    assert got["mean"]["psnr"] == pytest.approx(want["mean"]["psnr"], abs=1e-6)
+    assert got["settings"]["backend"] == "torch"
+    rc, out, err = _cli(["render", "--ckpt", run / "model.th", "--views", 1, "--orbit", 2, "--out", run / "r"])
+    assert rc == 0, err
+    assert (run / "r" / "r_1.png").is_file() and (run / "r" / "depth" / "r_1.png").is_file()
+    import imageio.v2 as imageio
+
+    assert len(imageio.mimread(run / "r" / "orbit.gif")) == 2
+    rc, _, err = _cli(["eval", "--framework", "jax", "--run-dir", run, "--no-lpips"])
+    assert rc == 2 and err.strip() == f"error: --framework: jax given, but {run} holds a torch model"
+
+
+@pytest.mark.parametrize(("option", "field"), [(["--precision", "bf16"], "train.precision"),
+                                               (["--config.train.devices", 2], "train.devices")])
+def test_train_torch_refuses_what_it_cannot_honour(small_scene, tmp_path, option, field):
+    rc, out, err = _cli(["train", "--framework", "torch", "--data", small_scene, "--preset", "smoke",
+                         "--out", tmp_path / "x", "--no-progress"] + option)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {field}: the torch reference")
+    assert not (tmp_path / "x").exists()
+
+
+def test_train_help_explains_the_framework_option(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--framework {jax,torch}" in text and "official checkpoint layout" in text

@@ -119,3 +119,21 @@ def test_grid_axes_and_ray_box_hit():
     o = np.array([[0, 0, -5.0], [0, 0, -5.0], [0, 0, 0.0], [3, 3, 3.0]])
     d = np.array([[0, 0, 1.0], [0, 0, -1.0], [1, 0, 0.0], [1, 0, 0.0]])
     np.testing.assert_array_equal(ray_box_hit(o, d, BOX), [True, False, True, False])
+
+
+def test_training_box_from_the_dataset_or_carved(many_views):
+    """The one set-up helper of both trainers: the dataset box as it is, or the carved hull's box
+    (and with carve_as_mask the hull as a (Z, Y, X) mask over the dataset box), with its event."""
+    from tensorf_common.bounds import training_box
+    from tensorf_common.config import TrainConfig
+
+    plain = training_box(many_views, BOX, TrainConfig())
+    np.testing.assert_array_equal(plain.aabb, BOX)
+    assert plain.mask is None and plain.mask_aabb is None and plain.event is None
+    carved = training_box(many_views, BOX.reshape(-1), TrainConfig(box="carve", carve_resolution=24))
+    occ, tight = carve_visual_hull(many_views, BOX, 24)
+    np.testing.assert_array_equal(carved.aabb, tight)
+    assert carved.mask is None and carved.event == {"event": "carve", "aabb": tight.tolist(), "from": BOX.tolist()}
+    masked = training_box(many_views, BOX, TrainConfig(box="carve", carve_resolution=24, carve_as_mask=True))
+    np.testing.assert_array_equal(masked.mask, np.transpose(occ, (2, 1, 0)))
+    np.testing.assert_array_equal(masked.mask_aabb, BOX)

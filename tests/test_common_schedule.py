@@ -129,3 +129,20 @@ def test_learning_rates_reach_the_target_ratio_at_the_end_of_the_budget():
 def test_min_upsample_gap_is_validated():
     with pytest.raises(ConfigError, match="train.min_upsample_gap"):
         TrainConfig(min_upsample_gap=1.5)
+
+
+def test_training_clock_counts_overhead_against_the_budget_only():
+    from tensorf_common.schedule import SchedulePosition, TrainingClock
+
+    readings = iter([10.0, 11.0, 11.5, 14.0, 14.25, 15.0])
+    syncs = []
+    p = SchedulePosition(elapsed=5.0)
+    clock = TrainingClock(p, lambda: next(readings))  # started at 10.0
+    clock.tick(training=True)  # 1 s of steps
+    assert (p.elapsed, p.train_seconds) == (6.0, 1.0)
+    with clock.overhead(lambda: syncs.append(p.elapsed)):  # the queued steps end at 11.5, the event at 14.0
+        pass
+    assert (p.elapsed, p.train_seconds) == (9.0, 1.5) and len(syncs) == 2
+    clock.tick(training=False)  # 0.25 s of something else
+    clock.tick(training=True)
+    assert (p.elapsed, p.train_seconds) == (10.0, 2.25)

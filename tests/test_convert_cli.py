@@ -13,6 +13,7 @@ import torch
 
 from tensorf_bench.cli import main
 from tensorf_common.config import FieldConfig, RenderConfig
+from torch_reference.checkpoint import save_checkpoint
 from torch_reference.model import TensorBase
 
 REPO = Path(__file__).resolve().parents[1]
@@ -26,7 +27,7 @@ def th_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
         m = TensorBase.from_config(cfg, RenderConfig(), [[-1.0] * 3, [1.0] * 3], [8, 7, 6], [0.5, 5.0])
     m.updateAlphaMask([8, 7, 6])
     path = tmp_path_factory.mktemp("cli") / "model.th"
-    m.save(path, numpy_mask=True)
+    save_checkpoint(m, path, numpy_mask=True)
     return path
 
 

@@ -15,6 +15,7 @@ from tensorf_common.config import FieldConfig, RenderConfig
 from tensorf_common.errors import CheckpointError, ConversionError
 from tensorf_convert import files
 from tensorf_convert.model import PortableModel, portable_from_torch
+from torch_reference.checkpoint import save_checkpoint
 from torch_reference.model import TensorBase
 
 AABB = [[-1.0, -1.2, -0.9], [1.1, 1.0, 1.0]]
@@ -122,7 +123,7 @@ def test_bad_safetensors_files(tmp_path: Path, pm: PortableModel):
 @pytest.mark.parametrize("numpy_mask", [True, False])
 def test_official_th_from_the_reference_writer(tmp_path: Path, pm: PortableModel, numpy_mask):
     m = torch_model()
-    m.save(tmp_path / "m.th", numpy_mask=numpy_mask)
+    save_checkpoint(m, tmp_path / "m.th", numpy_mask=numpy_mask)
     same(files.read_model(tmp_path / "m.th"), pm)
     files.write_official(pm, tmp_path / "ours.th", numpy_mask=numpy_mask)
     from torch_reference.checkpoint import load_checkpoint

@@ -18,10 +18,9 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 KNOWN_CYCLES: tuple[frozenset[str], ...] = (
-    # Being removed (issue 15, item 1: the trainers get state_dict() / from_state(), and the checkpoint
-    # modules only read and write files). Delete an entry when its cycle is gone: its strict xfail in
-    # test_known_cycle_is_still_there then fails, and test_no_import_cycle guards it from then on.
-    frozenset({"torch_reference.checkpoint", "torch_reference.model"}),
+    # None left. A cycle listed here while it is being removed is tolerated exactly; delete its entry
+    # when it is gone: its strict xfail in test_known_cycle_is_still_there then fails, and
+    # test_no_import_cycle guards it from then on.
 )
 """Cycles that test_no_import_cycle tolerates, each exactly (a cycle that grows is reported)."""
 

@@ -196,9 +196,14 @@ def test_quality_child_trains_evaluates_and_prunes(tmp_path, small_scene, framew
     assert run["steps"] == 6 and run["eval"]["n_images"] == 2 and run["rays_per_s"] > 0
     assert all("elapsed" in h for h in run["history"])
     assert sorted(p.name for p in (out / "eval").glob("*.png")) == ["r_1.png"]
-    assert not (out / "model.npz").exists() and not (out / "checkpoint.npz").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(("model.", "checkpoint."))]
     assert (out / "eval" / "metrics.json").is_file()
     assert not (out / "tensorboard").exists()  # no event files in a committed report
+    from tensorf_common.run_summary import SHARED_KEYS
+
+    assert set(SHARED_KEYS) | {"eval", "eval_render_seconds", "budget_s", "spec"} <= set(run)
+    assert run["step_seconds"] <= run["train_seconds"] and run["time_to_first_step"] > 0
+    assert (run["compiles"] == []) == (framework == "torch")
 
 
 def test_compare_two_runs(tmp_path):

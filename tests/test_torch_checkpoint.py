@@ -69,7 +69,7 @@ def _render(m) -> torch.Tensor:
 def test_round_trip_renders_identically(tmp_path: Path, numpy_mask: bool):
     m = _trained_like_model()
     path = tmp_path / "model.th"
-    m.save(path, numpy_mask=numpy_mask)
+    save_checkpoint(m, path, numpy_mask=numpy_mask)
     back = load_checkpoint(path)
     assert isinstance(back, TensorVMSplit)
     assert back.gridSize.tolist() == m.gridSize.tolist() and torch.equal(back.aabb, m.aabb)
@@ -94,7 +94,7 @@ def test_round_trip_cp_without_mask(tmp_path: Path):
 
 def test_file_layout_is_the_official_one(tmp_path: Path):
     m = _trained_like_model()
-    m.save(tmp_path / "a.th")
+    save_checkpoint(m, tmp_path / "a.th")
     ck = torch.load(tmp_path / "a.th", weights_only=True)  # default mask form: no numpy globals needed
     assert set(ck) == {"kwargs", "state_dict", "alphaMask.shape", "alphaMask.mask", "alphaMask.aabb"}
     assert ck["alphaMask.shape"] == (1, 1, 10, 11, 12)
@@ -102,7 +102,7 @@ def test_file_layout_is_the_official_one(tmp_path: Path):
     vol = np.unpackbits(ck["alphaMask.mask"])[: np.prod(ck["alphaMask.shape"])].reshape(ck["alphaMask.shape"])
     assert np.array_equal(vol.astype(bool), m.alphaMask.alpha_volume.bool().numpy())
     assert ck["kwargs"]["gridSize"] == [10, 9, 8] and "device" not in ck["kwargs"]
-    m.save(tmp_path / "b.th", numpy_mask=True)
+    save_checkpoint(m, tmp_path / "b.th", numpy_mask=True)
     raw = torch.load(tmp_path / "b.th", weights_only=False)
     assert isinstance(raw["alphaMask.mask"], np.ndarray) and raw["alphaMask.mask"].dtype == np.uint8
 
@@ -135,7 +135,7 @@ def _rename_global(src: Path, dst: Path, old: bytes, new: bytes) -> None:
 
 def test_reads_numpy1_pickles(tmp_path: Path):
     m = _trained_like_model()
-    m.save(tmp_path / "np2.th", numpy_mask=True)
+    save_checkpoint(m, tmp_path / "np2.th", numpy_mask=True)
     _rename_global(tmp_path / "np2.th", tmp_path / "np1.th", b"numpy._core.multiarray\n_reconstruct", b"numpy.core.multiarray\n_reconstruct")
     assert torch.equal(_render(load_checkpoint(tmp_path / "np1.th")), _render(m))
 

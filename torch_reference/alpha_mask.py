@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -123,6 +124,20 @@ class AlphaGridMask:
 
     def to(self, device) -> "AlphaGridMask":
         return AlphaGridMask(self.aabb.to(device), self.alpha_volume.to(device))
+
+    def packed(self) -> tuple[tuple[int, ...], np.ndarray]:
+        """``(shape (1, 1, Z, Y, X), np.packbits of the flattened volume)``: the official checkpoint form."""
+        volume = self.alpha_volume.bool().cpu().numpy()
+        return tuple(int(s) for s in volume.shape), np.packbits(volume.reshape(-1))
+
+    @classmethod
+    def from_packed(cls, shape: Sequence[int], packed, aabb) -> "AlphaGridMask":
+        """Inverse of :meth:`packed` (official ``load``: unpackbits, reshape); ``packed`` is a uint8
+        numpy array or CPU tensor."""
+        shape = tuple(int(s) for s in shape)
+        bits = packed.cpu().numpy() if isinstance(packed, Tensor) else np.asarray(packed)
+        volume = np.unpackbits(bits)[: int(np.prod(shape))].reshape(shape)
+        return cls(torch.as_tensor(aabb).float(), torch.from_numpy(volume).float())
 
 
 def shrink_box(

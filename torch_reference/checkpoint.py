@@ -1,4 +1,7 @@
-"""Official TensoRF ``.th`` checkpoints: safe reading, atomic writing, loading into a model.
+"""Official TensoRF ``.th`` checkpoint files: safe reading, atomic writing, building their model;
+and the files of training runs (``--resume``). This module reads and writes files: the dict layout
+of a model is :meth:`torch_reference.model.TensorBase.checkpoint_dict` / ``load``, what a training
+run's state holds is :meth:`torch_reference.training.Trainer.state_dict`.
 
 The official file (``TensorBase.save``) is ``torch.save`` of::
 
@@ -15,6 +18,11 @@ Writing: by default the mask is stored as a torch ``uint8`` tensor holding the s
 our files need no numpy globals at all; the official loader still reads them (``np.unpackbits``
 accepts a CPU tensor). ``numpy_mask=True`` writes the official numpy array instead. Files are
 written to a temporary file in the same folder and renamed into place.
+
+A training run's file is an official model checkpoint whose extra ``'tensorf_bench'`` entry (the
+official loader ignores it) holds ``kind: 'trainer'``, the config, Adam's state, the schedule
+position, the sampler and jitter-generator state and the run's logs: plain data and tensors, so it
+is read with ``weights_only=True`` like any other.
 """
 
 from __future__ import annotations
@@ -31,7 +39,6 @@ import torch
 from tensorf_common.atomic import atomic_file
 from tensorf_common.errors import CheckpointError
 
-from .alpha_mask import AlphaGridMask
 from .model import TensorBase, model_class
 
 PathLike = Union[str, os.PathLike]
@@ -164,34 +171,6 @@ def _validate(p: Path, ckpt: Any) -> None:
             raise CheckpointError(f"{p}: 'alphaMask.aabb' must be a (2, 3) tensor")
 
 
-def unpack_mask(ckpt: dict) -> Optional[AlphaGridMask]:
-    """The checkpoint's alpha mask (official ``load``: unpackbits, reshape), or None."""
-    if "alphaMask.aabb" not in ckpt:
-        return None
-    shape = tuple(int(s) for s in ckpt["alphaMask.shape"])
-    packed = ckpt["alphaMask.mask"]
-    packed = packed.cpu().numpy() if isinstance(packed, torch.Tensor) else np.asarray(packed)
-    length = int(np.prod(shape))
-    volume = np.unpackbits(packed)[:length].reshape(shape)
-    return AlphaGridMask(ckpt["alphaMask.aabb"].float(), torch.from_numpy(volume).float())
-
-
-def load_into(model: TensorBase, ckpt: dict, source: str = "checkpoint") -> None:
-    """Install the checkpoint's mask and parameters in ``model`` (shapes must match exactly)."""
-    sd = ckpt["state_dict"]
-    own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise CheckpointError(f"{source}: state_dict does not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}")
-    for k, v in own.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{source}: state_dict key {k!r} has shape {tuple(sd[k].shape)}, the model expects {tuple(v.shape)}")
-    mask = unpack_mask(ckpt)
-    model.alphaMask = None if mask is None else mask.to(model.device)
-    model.load_state_dict(sd)
-
-
 def infer_model_name(state_dict: dict) -> str:
     """``TensorVMSplit`` if the state_dict has planes, ``TensorCP`` if it has only lines."""
     if "density_plane.0" in state_dict:
@@ -220,7 +199,7 @@ def model_from_checkpoint(
             model = cls(device=device, **kwargs)
         except (TypeError, ValueError) as e:
             raise CheckpointError(f"{source}: 'kwargs' do not build a {name}: {e}") from None
-    load_into(model, ckpt, source=source)
+    model.load(ckpt, source=source)
     return model
 
 
@@ -232,19 +211,9 @@ def load_checkpoint(
 
 
 def checkpoint_dict(model: TensorBase, numpy_mask: bool = False, extra: Optional[dict] = None) -> dict:
-    """The official checkpoint dict of ``model`` (CPU tensors)."""
-    kwargs = model.get_kwargs()
-    kwargs["aabb"] = kwargs["aabb"].detach().cpu().clone()
-    ckpt: dict[str, Any] = {
-        "kwargs": kwargs,
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-    }
-    if model.alphaMask is not None:
-        volume = model.alphaMask.alpha_volume.bool().cpu().numpy()
-        packed = np.packbits(volume.reshape(-1))
-        ckpt["alphaMask.shape"] = tuple(int(s) for s in volume.shape)
-        ckpt["alphaMask.mask"] = packed if numpy_mask else torch.from_numpy(packed)
-        ckpt["alphaMask.aabb"] = model.alphaMask.aabb.detach().cpu().clone()
+    """The official checkpoint dict of ``model`` (:meth:`TensorBase.checkpoint_dict`), with ``extra``
+    under ``'tensorf_bench'``."""
+    ckpt = model.checkpoint_dict(numpy_mask=numpy_mask)
     if extra is not None:
         ckpt[EXTRA_KEY] = extra
     return ckpt
@@ -270,3 +239,31 @@ def resume(path: PathLike, device: Union[str, torch.device] = "cpu") -> tuple[Te
     """Model and the ``extra`` training state of a checkpoint written with ``save_checkpoint(extra=...)``."""
     ckpt = read_checkpoint(path, map_location="cpu")
     return model_from_checkpoint(ckpt, device, source=str(path)), dict(ckpt.get(EXTRA_KEY, {}))
+
+
+# ---------------------------------------------------------------------------------------------
+# Training runs
+# ---------------------------------------------------------------------------------------------
+
+
+def save_training_state(path: PathLike, state: dict) -> Path:
+    """Write a training run's state (:meth:`torch_reference.training.Trainer.state_dict`: an
+    official checkpoint dict whose ``'tensorf_bench'`` entry holds the optimizer, schedule, sampler
+    and logs) to ``path``, atomically."""
+    if not isinstance(state.get(EXTRA_KEY), dict) or state[EXTRA_KEY].get("kind") != "trainer":
+        raise ValueError(f"save_training_state: {path}: the state has no {EXTRA_KEY!r} entry of kind 'trainer'")
+    atomic_torch_save(state, path)
+    return Path(path)
+
+
+def load_training_state(path: PathLike) -> dict:
+    """The state of a training run saved by :func:`save_training_state`, read safely; a model file
+    (no training state) is refused, naming the file."""
+    ckpt = read_checkpoint(path, map_location="cpu")
+    extra = ckpt.get(EXTRA_KEY)
+    if not isinstance(extra, dict) or extra.get("kind") != "trainer":
+        kind = extra.get("kind") if isinstance(extra, dict) else None
+        raise CheckpointError(
+            f"{path}: {EXTRA_KEY!r} kind {kind!r}: a model checkpoint, not a resumable training run"
+        )
+    return ckpt

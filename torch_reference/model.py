@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from tensorf_common.config import OFFICIAL_CLASS_DEFAULTS as _OFFICIAL
 from tensorf_common.config import ConfigError, FieldConfig, RenderConfig
+from tensorf_common.errors import CheckpointError
 from tensorf_common.geometry import step_size_and_n_samples
 
 from . import fields, regularizers
@@ -353,19 +354,49 @@ class TensorBase(nn.Module):
     def grid_groups(self) -> list[nn.ParameterList]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    # --- checkpoints ----------------------------------------------------------------------------
+    # --- checkpoints (the dict layout; files are torch_reference.checkpoint's) ------------------
 
-    def save(self, path, numpy_mask: bool = False) -> None:
-        """Write the official checkpoint dict to ``path`` atomically (see :func:`checkpoint.save_checkpoint`)."""
-        from .checkpoint import save_checkpoint
+    def checkpoint_dict(self, numpy_mask: bool = False) -> dict[str, Any]:
+        """The official checkpoint dict (``TensorBase.save`` without the file), CPU tensors.
 
-        save_checkpoint(self, path, numpy_mask=numpy_mask)
+        The mask's packed bits are a torch ``uint8`` tensor by default (no numpy globals needed to
+        read the file; the official loader reads it too), the official numpy array with ``numpy_mask``.
+        """
+        kwargs = self.get_kwargs()
+        kwargs["aabb"] = kwargs["aabb"].detach().cpu().clone()
+        ckpt: dict[str, Any] = {
+            "kwargs": kwargs,
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+        if self.alphaMask is not None:
+            shape, packed = self.alphaMask.packed()
+            ckpt["alphaMask.shape"] = shape
+            ckpt["alphaMask.mask"] = packed if numpy_mask else torch.from_numpy(packed)
+            ckpt["alphaMask.aabb"] = self.alphaMask.aabb.detach().cpu().clone()
+        return ckpt
 
-    def load(self, ckpt: dict) -> None:
-        """Load an official checkpoint dict (as returned by :func:`checkpoint.read_checkpoint`)."""
-        from .checkpoint import load_into
-
-        load_into(self, ckpt)
+    def load(self, ckpt: dict, source: str = "checkpoint") -> None:
+        """Install an official checkpoint dict's mask and parameters (official ``load``); the
+        state_dict must fit this model exactly (CheckpointError naming ``source`` and the key)."""
+        sd = ckpt["state_dict"]
+        own = self.state_dict()
+        missing = sorted(set(own) - set(sd))
+        unexpected = sorted(set(sd) - set(own))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{source}: state_dict does not fit {type(self).__name__}: missing {missing}, unexpected {unexpected}"
+            )
+        for k, v in own.items():
+            if tuple(sd[k].shape) != tuple(v.shape):
+                raise CheckpointError(
+                    f"{source}: state_dict key {k!r} has shape {tuple(sd[k].shape)}, the model expects {tuple(v.shape)}"
+                )
+        if "alphaMask.aabb" in ckpt:
+            mask = AlphaGridMask.from_packed(ckpt["alphaMask.shape"], ckpt["alphaMask.mask"], ckpt["alphaMask.aabb"])
+            self.alphaMask = mask.to(self.device)
+        else:
+            self.alphaMask = None
+        self.load_state_dict(sd)
 
 
 class TensorVMSplit(TensorBase):

@@ -1,4 +1,5 @@
-"""Training subcommands: ``train``, ``eval`` and ``render`` (the JAX TensoRF)."""
+"""Training subcommands: ``train``, ``eval`` and ``render``, for the JAX TensoRF or the torch
+reference (``--framework``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import datetime
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from tensorf_common.config import ConfigError, ExperimentConfig, Precision, preset
+
+Framework = Literal["jax", "torch"]
+
+RUN_FILES = {"jax": ("checkpoint.npz", "model.npz"), "torch": ("checkpoint.th", "model.th")}
+"""(resumable checkpoint, model file) of a run folder, per framework."""
 
 
 def _preset_from_argv(argv, default: str) -> str:
@@ -23,14 +29,20 @@ def _preset_from_argv(argv, default: str) -> str:
 
 @dataclass
 class Train:
-    """Train the JAX TensoRF on a Blender-format dataset, then evaluate it on the test split.
+    """Train a TensoRF on a Blender-format dataset, then evaluate it on the test split: the JAX one
+    (--framework jax, the default) or the torch reference (--framework torch, official semantics).
 
-    Writes RUN_DIR/checkpoint.npz (resumable), model.npz, eval/<frame>.png (+ depth/), eval/metrics.json
-    and .csv, run.json (config, PSNR curve over wall-clock, throughput, compile times, peak memory) and
-    TensorBoard event files in tensorboard/.
-    The last line printed is the mean test PSNR.
+    Writes RUN_DIR/run.json (config, PSNR curve over wall-clock, throughput, compile times, peak
+    memory; the same keys for both frameworks), eval/<frame>.png (+ depth/), eval/metrics.json and
+    .csv, the model (JAX: model.npz; torch: model.th, the official checkpoint layout) and a resumable
+    checkpoint (checkpoint.npz / checkpoint.th), and TensorBoard event files in tensorboard/. The last line printed is the mean test PSNR. The
+    torch reference refuses settings it cannot honour (a precision other than fp32, more than one
+    device, median depth, n_samples_eval) and ignores the JAX speed knobs (vmap_variant,
+    density_lookup, sample/app capacities, static_shapes), recorded in run.json.
     """
 
+    framework: Framework = "jax"
+    """Which implementation trains: jax (jax_tensorf) or torch (torch_reference)."""
     data: Optional[str] = None
     """Dataset folder; default: the built-in procedural scene (generated once into the cache)."""
     preset: str = "cpu"
@@ -81,14 +93,21 @@ class Train:
     def run(self) -> int:
         from tensorf_common.data.scene_cache import resolve_data_dir
 
-        from jax_tensorf.run import train_run
-
         cfg = self.resolved_config()
+        if self.framework == "torch":
+            from torch_reference.run import train_run
+            from torch_reference.training import check_supported
+
+            check_supported(cfg)  # before anything is read or written
+        else:
+            from jax_tensorf.run import train_run
+
         data_dir = resolve_data_dir(self.data)
         out = self.out or Path("runs") / f"{self.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-        if self.resume and not (Path(out) / "checkpoint.npz").exists():
-            raise ConfigError(f"--resume: {out}/checkpoint.npz does not exist")
-        print(f"training ({self.preset}) on {data_dir} -> {out}", file=sys.stderr)
+        checkpoint = RUN_FILES[self.framework][0]
+        if self.resume and not (Path(out) / checkpoint).exists():
+            raise ConfigError(f"--resume: {out}/{checkpoint} does not exist")
+        print(f"training {self.framework} ({self.preset}) on {data_dir} -> {out}", file=sys.stderr)
         summary = train_run(
             cfg, data_dir, out, resume=self.resume, evaluate=self.eval, lpips=self.lpips,
             progress=self.progress and sys.stderr.isatty(), tensorboard=self.tensorboard,
@@ -104,28 +123,87 @@ class Train:
         return 0
 
 
-def _load_model(ckpt: Path):
+def _framework_of(run: Optional[Path], ckpt: Optional[Path], framework: Optional[str]) -> str:
+    """The framework of a run folder (its run.json, else its model file) or of a checkpoint (.th:
+    torch); an explicit --framework that disagrees is a ConfigError."""
+    import json
+
+    found = None
+    if ckpt is not None:
+        found = "torch" if Path(ckpt).suffix == ".th" else "jax"
+    elif run is not None:
+        run_json = Path(run) / "run.json"
+        if run_json.is_file():
+            found = json.loads(run_json.read_text()).get("framework")
+        if found not in RUN_FILES:
+            found = next((fw for fw, (_, model) in RUN_FILES.items() if (Path(run) / model).is_file()), None)
+    if framework is not None and found is not None and framework != found:
+        raise ConfigError(f"--framework: {framework} given, but {ckpt or run} holds a {found} model")
+    return framework or found or "jax"
+
+
+def _load_model(framework: str, ckpt: Path):
+    """``(model, config)`` of a model or training checkpoint."""
+    if framework == "torch":
+        from torch_reference.run import load_run_model
+
+        return load_run_model(ckpt)
     from jax_tensorf.checkpoint import load_model
 
     return load_model(ckpt)
 
 
-def _checkpoint_path(run: Optional[Path], ckpt: Optional[Path]) -> Path:
+def _checkpoint_path(run: Optional[Path], ckpt: Optional[Path], framework: str = "jax") -> Path:
     if ckpt is not None:
         return Path(ckpt)
     if run is not None:
-        return Path(run) / "model.npz"
+        return Path(run) / RUN_FILES[framework][1]
     raise ConfigError("give --run-dir RUN_DIR or --ckpt FILE")
+
+
+def _evaluate(framework: str, model, cfg: ExperimentConfig, split, out: Path, lpips: bool):
+    if framework == "torch":
+        from torch_reference.evaluation import evaluate_split
+
+        return evaluate_split(model, split, out, lpips=lpips, chunk=cfg.render.chunk, appearance=cfg.render.eval_appearance)
+    from jax_tensorf.evaluation import evaluate_split
+
+    return evaluate_split(model, split, out, lpips=lpips)
+
+
+def _render_view(framework: str, model, split, view: int) -> dict:
+    if framework == "torch":
+        from torch_reference.evaluation import render_view
+    else:
+        from jax_tensorf.evaluation import render_view
+    return render_view(model, split, view)
+
+
+def _render_rgb(framework: str, model, o, d):
+    """RGB ``(N, 3)`` numpy of rays ``o``, ``d`` ``(N, 3)``, rendered in chunks for evaluation."""
+    if framework == "torch":
+        import numpy as np
+        import torch
+
+        from torch_reference.model import render_batched
+
+        rays = torch.cat([torch.as_tensor(np.asarray(o, np.float32)), torch.as_tensor(np.asarray(d, np.float32))], -1)
+        return render_batched(model, rays)[0].cpu().numpy()
+    return model.render_chunks(o, d, want_depth=False)["rgb"]
 
 
 @dataclass
 class Eval:
-    """Evaluate a trained JAX model on a split: PSNR / SSIM / LPIPS per view and mean, with renders."""
+    """Evaluate a trained model on a split: PSNR / SSIM / LPIPS per view and mean, with renders.
+    Takes a JAX run (model.npz) or a torch one (model.th), or a checkpoint file (.npz: JAX, .th: torch,
+    official files included)."""
 
+    framework: Optional[Framework] = None
+    """jax or torch; default: the run folder's (or the checkpoint's: .th is torch)."""
     run_dir: Optional[Path] = None
-    """Run folder written by `train` (reads RUN_DIR/model.npz)."""
+    """Run folder written by `train` (reads RUN_DIR/model.npz or model.th)."""
     ckpt: Optional[Path] = None
-    """A model or training checkpoint (.npz) instead of --run-dir."""
+    """A model or training checkpoint (.npz, .th) instead of --run-dir."""
     data: Optional[str] = None
     """Dataset folder; default: the run's dataset, else the built-in procedural scene."""
     split: str = "test"
@@ -145,10 +223,9 @@ class Eval:
         from tensorf_common.data.blender import load_blender
         from tensorf_common.data.scene_cache import resolve_data_dir
 
-        from jax_tensorf.evaluation import evaluate_split
-
-        path = _checkpoint_path(self.run_dir, self.ckpt)
-        model, cfg = _load_model(path)
+        framework = _framework_of(self.run_dir, self.ckpt, self.framework)
+        path = _checkpoint_path(self.run_dir, self.ckpt, framework)
+        model, cfg = _load_model(framework, path)
         data = self.data
         if data is None and self.run_dir is not None and (Path(self.run_dir) / "run.json").exists():
             data = json.loads((Path(self.run_dir) / "run.json").read_text()).get("data")
@@ -164,7 +241,7 @@ class Eval:
             stride=self.stride,
         )
         out = self.out or path.parent / f"eval-{self.split}"
-        results, render_s = evaluate_split(model, ds[self.split], out, lpips=self.lpips)
+        results, render_s = _evaluate(framework, model, cfg, ds[self.split], out, self.lpips)
         m = results.mean
         print(f"wrote {len(results.per_image)} renders and metrics to {out} ({render_s:.1f} s rendering)")
         print(json.dumps({k: m[k] for k in m}, default=str))
@@ -174,12 +251,15 @@ class Eval:
 
 @dataclass
 class Render:
-    """Render RGB and depth PNGs of chosen views of a split, or an orbit GIF around the scene."""
+    """Render RGB and depth PNGs of chosen views of a split, or an orbit GIF around the scene, with a
+    JAX or a torch model (as `eval`)."""
 
+    framework: Optional[Framework] = None
+    """jax or torch; default: the run folder's (or the checkpoint's: .th is torch)."""
     run_dir: Optional[Path] = None
-    """Run folder written by `train` (reads RUN_DIR/model.npz)."""
+    """Run folder written by `train` (reads RUN_DIR/model.npz or model.th)."""
     ckpt: Optional[Path] = None
-    """A model or training checkpoint (.npz) instead of --run-dir."""
+    """A model or training checkpoint (.npz, .th) instead of --run-dir."""
     data: Optional[str] = None
     """Dataset folder (for cameras); default: the run's dataset, else the built-in procedural scene."""
     split: str = "test"
@@ -200,10 +280,9 @@ class Render:
         from tensorf_common.data.scene_cache import resolve_data_dir
         from tensorf_common.images import to_uint8, write_depth_png, write_png
 
-        from jax_tensorf.evaluation import render_view
-
-        path = _checkpoint_path(self.run_dir, self.ckpt)
-        model, cfg = _load_model(path)
+        framework = _framework_of(self.run_dir, self.ckpt, self.framework)
+        path = _checkpoint_path(self.run_dir, self.ckpt, framework)
+        model, cfg = _load_model(framework, path)
         data = self.data
         if data is None and self.run_dir is not None and (Path(self.run_dir) / "run.json").exists():
             data = json.loads((Path(self.run_dir) / "run.json").read_text()).get("data")
@@ -214,20 +293,20 @@ class Render:
         for v in self.views:
             if not 0 <= v < split.n_views:
                 raise ConfigError(f"--views: view {v} is outside 0..{split.n_views - 1} of split {self.split}")
-            r = render_view(model, split, v)
+            r = _render_view(framework, model, split, v)
             name = split.frame_names[v]
             write_png(out / f"{name}.png", to_uint8(r["rgb"]))
             write_depth_png(out / "depth" / f"{name}.png", r["depth"], *model.near_far)
         print(f"wrote {len(self.views)} views to {out}")
         if self.orbit > 0:
-            gif = render_orbit(model, split, self.orbit, out / "orbit.gif")
+            gif = render_orbit(lambda o, d: _render_rgb(framework, model, o, d), split, self.orbit, out / "orbit.gif")
             print(f"wrote {gif}")
         return 0
 
 
-def render_orbit(model, split, n_frames: int, path: Path) -> Path:
+def render_orbit(render_rgb, split, n_frames: int, path: Path) -> Path:
     """Render ``n_frames`` around the vertical axis at the split's mean camera distance and
-    elevation, and write an animated GIF (atomically)."""
+    elevation with ``render_rgb(o, d) -> (N, 3)``, and write an animated GIF (atomically)."""
     import imageio.v2 as imageio
     import numpy as np
 
@@ -250,8 +329,8 @@ def render_orbit(model, split, n_frames: int, path: Path) -> Path:
         c2w = np.eye(4, dtype=np.float32)
         c2w[:3, 0], c2w[:3, 1], c2w[:3, 2], c2w[:3, 3] = right, down, fwd, eye  # OpenCV axes
         o, d = get_rays(dirs, c2w)
-        out = model.render_chunks(o.reshape(-1, 3), d.reshape(-1, 3), want_depth=False)
-        frames.append(to_uint8(out["rgb"].reshape(split.height, split.width, 3)))
+        rgb = render_rgb(o.reshape(-1, 3), d.reshape(-1, 3))
+        frames.append(to_uint8(rgb.reshape(split.height, split.width, 3)))
     with atomic_path(path, suffix=".gif") as tmp:
         imageio.mimsave(tmp, frames, duration=0.08, loop=0)
     return path

@@ -9,36 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from tensorf_common.atomic import json_default, write_text
+from tensorf_common.atomic import clean_json  # noqa: F401 - re-exported for the report modules
+from tensorf_common.atomic import write_strict_json as atomic_write_json
 
 PathLike = Union[str, os.PathLike]
 
 STAGES_DIR = "stages"
 STATUSES = ("ok", "failed", "skipped")
-
-
-def clean_json(obj: Any) -> Any:
-    """Replace non-finite floats by strings ("inf", "-inf", "nan") so the JSON is strict."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return "nan" if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {str(k): clean_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [clean_json(v) for v in obj]
-    return obj
-
-
-def atomic_write_json(path: PathLike, obj: Any) -> Path:
-    """Strict JSON (non-finite floats as strings, see :func:`clean_json`), written atomically."""
-    text = json.dumps(clean_json(json.loads(json.dumps(obj, default=json_default))), indent=1, allow_nan=False)
-    return write_text(path, text + "\n")
 
 
 def read_json(path: PathLike, default: Any = None) -> Any:

@@ -1,0 +1,30 @@
+"""torch_reference.run.train_run: the run folder (as JAX's), on_log with a dict per log point, and a
+resumed run continuing from checkpoint.th."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from tensorf_common.config import preset
+from tensorf_common.training_log import LogPoint
+from torch_reference.run import train_run
+
+
+def test_train_run_then_resume(small_scene, tmp_path):
+    cfg = preset("smoke")
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, n_iters=6, log_every=3, upsample_at=(3,),
+                                                              alpha_mask_at=()))
+    points: list[dict] = []
+    out = tmp_path / "run"
+    summary = train_run(cfg, small_scene, out, evaluate=False, log=lambda s: None, on_log=points.append, device="cpu")
+    assert [p["step"] for p in points] == [3, 4, 6] and set(points[0]) == {f.name for f in dataclasses.fields(LogPoint)}
+    assert json.loads((out / "run.json").read_text())["history"] == summary["history"] == points
+    assert summary["steps"] == 6 and summary["time_to_first_step"] > 0 and "eval" not in summary
+    assert [e["event"] for e in summary["events"]] == ["ray_filter_box", "upsample"]
+    assert (out / "model.th").is_file() and (out / "checkpoint.th").is_file()
+    # resumed with another step budget in the config: the saved config wins, as in JAX; nothing is left to train
+    longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, n_iters=9))
+    again = train_run(longer, small_scene, out, resume=True, evaluate=False, log=lambda s: None, device="cpu")
+    assert again["steps"] == 6 and again["time_to_first_step"] is None and again["config"]["train"]["n_iters"] == 6
+    assert again["history"] == summary["history"] and again["events"] == summary["events"]
