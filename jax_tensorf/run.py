@@ -38,7 +38,7 @@ def train_run(
     ``out_dir/run.json``. With ``tensorboard``, the log points, events, compiles and the evaluation
     also go to TensorBoard event files in ``out_dir/tensorboard/`` (:mod:`tensorf_common.tensorboard`)."""
     from tensorf_common.data import load_from_config
-    from tensorf_common.tensorboard import RunWriter, eval_images
+    from tensorf_common.tensorboard import RunWriter
 
     from .checkpoint import save_model
     from .evaluation import evaluate_split
@@ -74,13 +74,7 @@ def train_run(
     if resumed:
         tb.mark_logged(trainer.events, trainer.compiles)  # the interrupted process logged these
 
-    def log_point(point) -> None:
-        tb.log_point(dataclasses.asdict(point))
-        tb.log_records(trainer.events, trainer.compiles)  # those since the previous point
-        if on_log is not None:
-            on_log(point)
-
-    trainer.run(on_log=log_point)
+    trainer.run(on_log=tb.follow(trainer, on_log))
     tb.log_records(trainer.events, trainer.compiles)
     trainer.save_checkpoint(ckpt)
     model = trainer.model.exact()  # static-shape runs train in padded buffers
@@ -99,9 +93,7 @@ def train_run(
             model, test, out_dir / "eval", eval_views(test, cfg), lpips=lpips
         )
         summary.update(evaluation_summary(results, render_s))
-        if tb.enabled and results.per_image:
-            first = results.per_image[0]["name"]
-            tb.log_eval(results.mean, trainer.pos.step, eval_images(out_dir / "eval", first))
+        tb.log_evaluation(results, trainer.pos.step, out_dir / "eval")
     tb.close()
     summary["device"] = device_info()["device"]
     summary["cpu_dispatch"] = cpu_dispatch()

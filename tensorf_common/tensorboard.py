@@ -30,6 +30,7 @@ Here a write that raises ``OSError`` turns the writer off with one warning line;
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -220,6 +221,24 @@ class RunWriter:
             img = np.asarray(img)
             summaries.append(self._summary.image(f"eval/{key}", img, dataformats="HW" if img.ndim == 2 else "HWC"))
         self._write(step, summaries, flush=True)
+
+    def follow(self, trainer, forward: Optional[Callable] = None) -> Callable:
+        """An ``on_log`` callback for ``trainer.run`` (either framework's): each log point, the
+        trainer's events and compiles since the previous one, then ``forward(point)``."""
+
+        def callback(point) -> None:
+            self.log_point(point if isinstance(point, dict) else dataclasses.asdict(point))
+            self.log_records(trainer.events, trainer.compiles)
+            if forward is not None:
+                forward(point)
+
+        return callback
+
+    def log_evaluation(self, results, step: int, eval_dir: Path) -> None:
+        """The mean metrics of an evaluation (:class:`tensorf_common.evaluation.EvalResults`) and
+        the render and depth of its first view, read back from ``eval_dir``."""
+        if self.enabled and results.per_image:
+            self.log_eval(results.mean, step, eval_images(Path(eval_dir), results.per_image[0]["name"]))
 
     def close(self) -> None:
         """Flush and close the file; later calls do nothing."""

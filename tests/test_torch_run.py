@@ -23,6 +23,12 @@ def test_train_run_then_resume(small_scene, tmp_path):
     assert summary["steps"] == 6 and summary["time_to_first_step"] > 0 and "eval" not in summary
     assert [e["event"] for e in summary["events"]] == ["ray_filter_box", "upsample"]
     assert (out / "model.th").is_file() and (out / "checkpoint.th").is_file()
+    # the log points went to TensorBoard too, read back with the tensorboard package's reader
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert [(e.step, round(e.value, 4)) for e in acc.Scalars("train/psnr")] == [(p["step"], round(p["psnr"], 4)) for p in points]
     # resumed with another step budget in the config: the saved config wins, as in JAX; nothing is left to train
     longer = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, n_iters=9))
     again = train_run(longer, small_scene, out, resume=True, evaluate=False, log=lambda s: None, device="cpu")

@@ -50,13 +50,14 @@ def train_run(
 ) -> dict:
     """Train a torch TensoRF and evaluate it on the test split. Returns the summary written to
     ``out_dir/run.json``. ``on_log`` is called with a dict per log point (the fields of
-    :class:`tensorf_common.training_log.LogPoint`); ``tensorboard`` is for the TensorBoard writer (not
-    wired in yet). A resumed run (``resume`` and ``out_dir/checkpoint.th``) keeps its saved config.
+    :class:`tensorf_common.training_log.LogPoint`); with ``tensorboard`` the log points, events and the
+    evaluation also go to event files in ``out_dir/tensorboard/``. A resumed run (``resume`` and ``out_dir/checkpoint.th``) keeps its saved config.
     Config fields the torch reference cannot honour raise ConfigError before anything is read;
     the JAX-only speed knobs it ignores are recorded under ``ignored_config``."""
     import torch
 
     from tensorf_common.data import load_from_config
+    from tensorf_common.tensorboard import RunWriter
 
     from .checkpoint import save_checkpoint
     from .evaluation import evaluate_split
@@ -64,9 +65,10 @@ def train_run(
 
     check_supported(cfg)
     _warm_library()
-    t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    tb = RunWriter(out_dir, enabled=tensorboard, framework="torch", warn=log)
+    t_start = time.perf_counter()
     t_load = time.perf_counter()
     splits = ("train", "test") if evaluate else ("train",)
     dataset = load_from_config(data_dir, cfg.data, splits)
@@ -79,7 +81,10 @@ def train_run(
         log(f"resumed {ckpt} at step {trainer.pos.step} ({trainer.pos.elapsed:.1f} s of budget used)")
     else:
         trainer = Trainer(cfg, dataset, out_dir=out_dir, log=log, progress=progress, device=device)
-    trainer.run(on_log=None if on_log is None else lambda point: on_log(dataclasses.asdict(point)))
+    if resumed:
+        tb.mark_logged(trainer.events, trainer.compiles)  # the interrupted process logged these
+    trainer.run(on_log=tb.follow(trainer, None if on_log is None else lambda point: on_log(dataclasses.asdict(point))))
+    tb.log_records(trainer.events, trainer.compiles)
     trainer.save_checkpoint(ckpt)
     model = trainer.model
     save_checkpoint(model, out_dir / MODEL, extra={"config": cfg.to_dict()})
@@ -95,6 +100,8 @@ def train_run(
             model, test, out_dir / "eval", lpips=lpips, chunk=cfg.render.chunk, appearance=cfg.render.eval_appearance,
         )
         summary.update(evaluation_summary(results, render_s))
+        tb.log_evaluation(results, trainer.pos.step, out_dir / "eval")
+    tb.close()
     dev = trainer.device
     summary["device"] = f"cuda:{torch.cuda.get_device_name(dev)}" if dev.type == "cuda" else dev.type
     if dev.type == "cuda":
