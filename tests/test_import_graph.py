@@ -17,13 +17,6 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-KNOWN_CYCLES: tuple[frozenset[str], ...] = (
-    # None left. A cycle listed here while it is being removed is tolerated exactly; delete its entry
-    # when it is gone: its strict xfail in test_known_cycle_is_still_there then fails, and
-    # test_no_import_cycle guards it from then on.
-)
-"""Cycles that test_no_import_cycle tolerates, each exactly (a cycle that grows is reported)."""
-
 REPORT_ONLY = ("pandas", "matplotlib")
 """Libraries that only report building (``tensorf_bench``) may import."""
 
@@ -191,14 +184,8 @@ def test_a_cycle_is_found_and_named(tmp_path):
 
 
 def test_no_import_cycle(graph):
-    cycles = [c for c in strongly_connected(graph) if frozenset(c) not in KNOWN_CYCLES]
+    cycles = strongly_connected(graph)
     assert not cycles, "import cycles: " + "; ".join(cycle_path(graph, c) for c in cycles)
-
-
-@pytest.mark.xfail(strict=True, reason="a known cycle (KNOWN_CYCLES), being removed")
-@pytest.mark.parametrize("cycle", KNOWN_CYCLES, ids=lambda c: " <-> ".join(sorted(c)))
-def test_known_cycle_is_still_there(graph, cycle):
-    assert frozenset(cycle) not in {frozenset(c) for c in strongly_connected(graph)}
 
 
 def test_tensorf_common_reaches_neither_pandas_nor_matplotlib(graph):
