@@ -168,6 +168,7 @@ class Trainer:
         sampler with the rays that miss the box filtered out, and the compaction capacities. The
         carving and the ray filter run as compiled JAX on the default device (on the CPU backend
         numpy carves: the same hull without a compilation, which costs more than it saves there)."""
+        from tensorf_common.bounds import require_rays_in_box
         from tensorf_common.data import BatchSampler
 
         from .ray_filter import filter_rays_by_box
@@ -201,6 +202,8 @@ class Trainer:
         self.sampler = BatchSampler(split.n_rays, tc.batch_size, tc.seed)
         if tc.ray_filter:
             keep = filter_rays_by_box(split, self.model.aabb)
+            source = "data.aabb" if self.cfg.data.aabb is not None else "the dataset's default box"
+            require_rays_in_box(keep.size, split, self.model.aabb, source + (", carved" if hull is not None else ""))
             self.sampler.restrict(keep)
             self.events.append({"event": "ray_filter_box", "kept": int(self.sampler.pool_size), "of": split.n_rays})
         self._set_capacities(initial=True)

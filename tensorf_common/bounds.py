@@ -235,6 +235,23 @@ def ray_box_hit(origins: np.ndarray, dirs: np.ndarray, aabb) -> np.ndarray:
     return tf >= np.maximum(tn, 0.0)
 
 
+def require_rays_in_box(n_kept: int, split, aabb, source: str = "data.aabb") -> None:
+    """Raise a one-line :class:`DatasetError` when no training ray meets the box (``n_kept`` rays
+    of ``split`` do; the box lies outside every camera's view, or the cameras look away from it,
+    e.g. a ``camera_angle_x`` near pi spreads the rays sideways): the trainers' batch samplers
+    would have nothing to draw from. ``source`` says where the box came from."""
+    if n_kept > 0:
+        return
+    box = np.round(as_aabb(aabb).astype(np.float64), 4).tolist()
+    centres = np.asarray(split.c2w)[:, :3, 3].astype(np.float64)
+    lo, hi = (np.round(c, 3).tolist() for c in (centres.min(axis=0), centres.max(axis=0)))
+    raise DatasetError(
+        f"transforms_{split.name}.json: none of the {split.n_rays} training rays of its {split.n_views} cameras "
+        f"(centres within {lo} .. {hi}, camera_angle_x {split.camera_angle_x:.4f}) meets the box {box} ({source}): "
+        "the box is outside every view; check the box and the cameras"
+    )
+
+
 __all__ = [
     "CarvePlan",
     "camera_projection",
@@ -245,4 +262,5 @@ __all__ = [
     "grid_axes",
     "occupancy_bounds",
     "ray_box_hit",
+    "require_rays_in_box",
 ]

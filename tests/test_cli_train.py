@@ -177,3 +177,30 @@ def test_render_views_and_orbit(trained):
     assert len(frames) == 3 and frames[0].shape[:2] == (32, 32)
     rc, _, err = _cli(["render", "--run-dir", run, "--views", 99])
     assert rc == 2 and err.strip().startswith("error: ") and "99" in err
+
+
+@pytest.mark.parametrize("cause", ["box", "cameras"])
+def test_no_ray_meets_the_box_exits_2_with_one_line(cause, small_scene, tmp_path):
+    """A box outside every view, or cameras whose rays spread sideways (camera_angle_x near pi): one
+    line naming the box, the cameras and the cause (it was `ValueError: restrict: ...`, exit 1),
+    and no run folder left behind."""
+    import shutil
+
+    data, extra = small_scene, []
+    if cause == "box":
+        extra = ["--config.data.aabb", 10, 10, 10, 11, 11, 11]
+    else:
+        data = tmp_path / "wide"
+        shutil.copytree(small_scene, data)
+        meta = json.loads((data / "transforms_train.json").read_text())
+        meta["camera_angle_x"] = 3.14159
+        (data / "transforms_train.json").write_text(json.dumps(meta))
+    run = tmp_path / "run"
+    rc, _, err = _cli(["train", "--data", data, "--preset", "smoke", "--out", run, "--steps", 2, "--no-progress"] + extra)
+    assert rc == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: transforms_train.json: none of the 8192 training rays"), line
+    want = ("[[10.0, 10.0, 10.0], [11.0, 11.0, 11.0]] (data.aabb)" if cause == "box"
+            else "[[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]] (the dataset's default box)")
+    assert f"meets the box {want}" in line and "camera_angle_x" in line
+    assert ("camera_angle_x 3.1416" in line) == (cause == "cameras")
