@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 
-from tensorf_common.atomic import write_json
+from tensorf_common.atomic import atomic_dir, write_json
 from tensorf_common.config import ExperimentConfig
+from tensorf_common.interrupt import raise_if_stop_requested, stops_on_interrupt
 from tensorf_common.runtime import peak_rss_bytes
 
 
@@ -24,6 +25,7 @@ def eval_views(split, cfg: ExperimentConfig) -> list[int]:
     return list(range(split.n_views))
 
 
+@stops_on_interrupt
 def train_run(
     cfg: ExperimentConfig,
     data_dir,
@@ -37,7 +39,8 @@ def train_run(
     on_log=None,
 ) -> dict:
     """Train a JAX TensoRF and evaluate it on the test split. Returns the summary written to
-    ``out_dir/run.json``."""
+    ``out_dir/run.json``. Ctrl-C stops training between steps, writes the checkpoint and raises
+    :class:`tensorf_common.interrupt.TrainingInterrupted` (no evaluation)."""
     from tensorf_common.data import load_from_config
 
     from .checkpoint import save_model
@@ -71,6 +74,7 @@ def train_run(
         trainer = Trainer(cfg, dataset, out_dir=out_dir, log=log, progress=progress)
     trainer.run(on_log=on_log)
     trainer.save_checkpoint(ckpt)
+    raise_if_stop_requested(f"interrupted at step {trainer.pos.step}; {ckpt} holds the run (continue with --resume)")
     model = trainer.model.exact()  # static-shape runs train in padded buffers
     save_model(model, out_dir / "model.npz", cfg)
 
@@ -100,9 +104,11 @@ def train_run(
         trainer.drop_executables()
         release_host_memory()
         test = dataset["test"]
-        results, render_s = evaluate_split(
-            model, test, out_dir / "eval", eval_views(test, cfg), lpips=lpips
-        )
+        with atomic_dir(out_dir / "eval") as eval_dir:  # a failed or interrupted evaluation leaves no renders
+            results, render_s = evaluate_split(
+                model, test, eval_dir, eval_views(test, cfg), lpips=lpips,
+                progress=lambda done, total: raise_if_stop_requested(f"interrupted while evaluating; {ckpt} holds the run"),
+            )
         summary["eval"] = results.to_json_dict()
         summary["eval_render_seconds"] = round(render_s, 3)
     summary["peak_rss_bytes"] = peak_rss_bytes()

@@ -30,6 +30,7 @@ import numpy as np
 
 from tensorf_common.config import ExperimentConfig
 from tensorf_common.errors import CheckpointError, TrainingError
+from tensorf_common.interrupt import stop_requested
 from tensorf_common.geometry import n_to_reso, train_n_samples
 from tensorf_common.schedule import Schedule, SchedulePosition
 
@@ -148,6 +149,9 @@ class Trainer:
         self._compiled: dict = {}
         self._pending_recompile = False
         self._clock: Optional[float] = None
+        self._checkpoint_clock: Optional[float] = None
+        """Budget-clock reading (``_clock``) when this process last wrote the checkpoint or started
+        :meth:`run`: the periodic checkpoint (``checkpoint_minutes``) counts from it."""
         self.first_step_at: Optional[float] = None
         """``time.perf_counter()`` when the first step of this process had finished (None before)."""
         self.mesh = None
@@ -536,12 +540,16 @@ class Trainer:
         bar = _progress(None if sched.uses_time else tc.n_iters, self.progress)
         if bar is not None:
             bar.update(p.step)
-        self._clock = time.perf_counter()
+        self._clock = self._checkpoint_clock = time.perf_counter()
+        if stop_requested():  # a Ctrl-C during set-up: do not compile for nothing
+            return self
         compiled = self._step_fn()
         self._tick(training=False)
         window: list = []
         window_t0, window_step0 = p.train_seconds, p.step
         while not sched.done(p) and (max_steps is None or p.step - start_step < max_steps):
+            if stop_requested():  # Ctrl-C (tensorf_common.interrupt): the caller keeps the run
+                break
             args = self._step_args(self.sampler.next())
             self.model.params, self.opt_state, metrics = compiled(*args)
             window.append(metrics)
@@ -576,7 +584,7 @@ class Trainer:
                         self._set_capacities()
                     self._pending_recompile = False
                     compiled = self._step_fn()
-            if tc.checkpoint_every and p.step % tc.checkpoint_every == 0 and self.out_dir is not None:
+            if self.out_dir is not None and self._checkpoint_due():
                 with self._overhead():
                     self.save_checkpoint()
         if window:
@@ -584,6 +592,14 @@ class Trainer:
         if bar is not None:
             bar.close()
         return self
+
+    def _checkpoint_due(self) -> bool:
+        """Every ``checkpoint_every`` steps, and ``checkpoint_minutes`` after the last checkpoint
+        (or the start of :meth:`run`) by the budget clock's last reading."""
+        tc = self.tc
+        if tc.checkpoint_every and self.pos.step % tc.checkpoint_every == 0:
+            return True
+        return bool(tc.checkpoint_minutes) and self._clock - self._checkpoint_clock >= 60.0 * tc.checkpoint_minutes
 
     def _log_window(self, window: list, seconds: float, steps: int) -> Optional[LogPoint]:
         if not window:
@@ -732,7 +748,9 @@ class Trainer:
     def save_checkpoint(self, path: Optional[Path] = None) -> Path:
         """Write the run to ``path`` (default ``out_dir/checkpoint.npz``), atomically."""
         path = Path(path) if path is not None else Path(self.out_dir) / "checkpoint.npz"
-        return ckpt.save_checkpoint(path, self.state_dict())
+        saved = ckpt.save_checkpoint(path, self.state_dict())
+        self._checkpoint_clock = self._clock
+        return saved
 
     @classmethod
     def resume(cls, path: Path, dataset, **kwargs) -> "Trainer":
