@@ -46,7 +46,12 @@ class Train:
     """Compute precision of lookups, features and the MLP: fp32, bf16 or fp16 (overrides
     config.train.precision; parameters and Adam stay fp32)."""
     resume: bool = False
-    """Continue the run in --out from its checkpoint."""
+    """Continue the run in --out from RUN_DIR/checkpoint.npz, which a run writes every
+    config.train.checkpoint-minutes, on Ctrl-C (training stops after the current step; exit 130) and
+    at the end."""
+    overwrite: bool = False
+    """Replace the run already in --out: its files are deleted first. Without it (or --resume) a
+    folder that holds a run is refused."""
     eval: bool = True
     """Evaluate on the test split at the end."""
     lpips: bool = True
@@ -77,17 +82,17 @@ class Train:
         from tensorf_common.data.scene_cache import resolve_data_dir
 
         from jax_tensorf.run import train_run
+        from tensorf_bench.run_folder import run_folder
 
         cfg = self.resolved_config()
         data_dir = resolve_data_dir(self.data)
         out = self.out or Path("runs") / f"{self.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-        if self.resume and not (Path(out) / "checkpoint.npz").exists():
-            raise ConfigError(f"--resume: {out}/checkpoint.npz does not exist")
-        print(f"training ({self.preset}) on {data_dir} -> {out}", file=sys.stderr)
-        summary = train_run(
-            cfg, data_dir, out, resume=self.resume, evaluate=self.eval, lpips=self.lpips,
-            progress=self.progress and sys.stderr.isatty(),
-        )
+        with run_folder(out, resume=self.resume, overwrite=self.overwrite):
+            print(f"training ({self.preset}) on {data_dir} -> {out}", file=sys.stderr)
+            summary = train_run(
+                cfg, data_dir, out, resume=self.resume, evaluate=self.eval, lpips=self.lpips,
+                progress=self.progress and sys.stderr.isatty(),
+            )
         print(
             f"steps {summary['steps']}, trained {summary['train_seconds']:.1f} s, "
             f"{summary['rays_per_s'] or 0:.0f} rays/s, grid {'x'.join(map(str, summary['grid_size']))}, "
@@ -100,9 +105,9 @@ class Train:
 
 
 def _load_model(ckpt: Path):
-    from jax_tensorf.checkpoint import load_model
+    from tensorf_convert.files import load_jax_model_and_config
 
-    return load_model(ckpt)
+    return load_jax_model_and_config(ckpt)
 
 
 def _checkpoint_path(run: Optional[Path], ckpt: Optional[Path]) -> Path:
@@ -120,13 +125,15 @@ class Eval:
     run_dir: Optional[Path] = None
     """Run folder written by `train` (reads RUN_DIR/model.npz)."""
     ckpt: Optional[Path] = None
-    """A model or training checkpoint (.npz) instead of --run-dir."""
+    """A model or training checkpoint (.npz) instead of --run-dir; a converted model (.safetensors)
+    or an official .th is converted on loading and evaluated at the dataset's full resolution."""
     data: Optional[str] = None
     """Dataset folder; default: the run's dataset, else the built-in procedural scene."""
     split: str = "test"
     """Split to evaluate."""
     out: Optional[Path] = None
-    """Where to write renders and metrics; default RUN_DIR/eval-<split> (or next to the checkpoint)."""
+    """Where to write renders and metrics (whole or not at all; an existing folder is replaced only if
+    it holds an evaluation); default RUN_DIR/eval-<split> (or next to the checkpoint)."""
     stride: int = 1
     """Evaluate every n-th view of the split."""
     max_views: Optional[int] = None
@@ -141,6 +148,7 @@ class Eval:
         from tensorf_common.data.scene_cache import resolve_data_dir
 
         from jax_tensorf.evaluation import evaluate_split
+        from tensorf_bench.run_folder import evaluation_folder
 
         path = _checkpoint_path(self.run_dir, self.ckpt)
         model, cfg = _load_model(path)
@@ -159,7 +167,8 @@ class Eval:
             stride=self.stride,
         )
         out = self.out or path.parent / f"eval-{self.split}"
-        results, render_s = evaluate_split(model, ds[self.split], out, lpips=self.lpips)
+        with evaluation_folder(out) as tmp:
+            results, render_s = evaluate_split(model, ds[self.split], tmp, lpips=self.lpips)
         m = results.mean
         print(f"wrote {len(results.per_image)} renders and metrics to {out} ({render_s:.1f} s rendering)")
         print(json.dumps({k: m[k] for k in m}, default=str))
@@ -174,7 +183,8 @@ class Render:
     run_dir: Optional[Path] = None
     """Run folder written by `train` (reads RUN_DIR/model.npz)."""
     ckpt: Optional[Path] = None
-    """A model or training checkpoint (.npz) instead of --run-dir."""
+    """A model or training checkpoint (.npz), a converted model (.safetensors) or an official .th
+    instead of --run-dir."""
     data: Optional[str] = None
     """Dataset folder (for cameras); default: the run's dataset, else the built-in procedural scene."""
     split: str = "test"
