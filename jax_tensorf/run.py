@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from tensorf_common.atomic import atomic_dir
 from tensorf_common.config import ExperimentConfig
+from tensorf_common.interrupt import raise_if_stop_requested, stops_on_interrupt
 from tensorf_common.run_summary import evaluation_summary, training_summary, write_run_summary
 
 
@@ -21,6 +23,7 @@ def eval_views(split, cfg: ExperimentConfig) -> list[int]:
     return list(range(split.n_views))
 
 
+@stops_on_interrupt
 def train_run(
     cfg: ExperimentConfig,
     data_dir,
@@ -36,7 +39,9 @@ def train_run(
 ) -> dict:
     """Train a JAX TensoRF and evaluate it on the test split. Returns the summary written to
     ``out_dir/run.json``. With ``tensorboard``, the log points, events, compiles and the evaluation
-    also go to TensorBoard event files in ``out_dir/tensorboard/`` (:mod:`tensorf_common.tensorboard`)."""
+    also go to TensorBoard event files in ``out_dir/tensorboard/`` (:mod:`tensorf_common.tensorboard`).
+    Ctrl-C stops training between steps, writes the checkpoint and raises
+    :class:`tensorf_common.interrupt.TrainingInterrupted` (no evaluation)."""
     from tensorf_common.data import load_from_config
     from tensorf_common.tensorboard import RunWriter
 
@@ -77,6 +82,7 @@ def train_run(
     trainer.run(on_log=tb.follow(trainer, on_log))
     tb.log_records(trainer.events, trainer.compiles)
     trainer.save_checkpoint(ckpt)
+    raise_if_stop_requested(f"interrupted at step {trainer.pos.step}; {ckpt} holds the run (continue with --resume)")
     model = trainer.model.exact()  # static-shape runs train in padded buffers
     save_model(model, out_dir / "model.npz", cfg)
 
@@ -89,9 +95,11 @@ def train_run(
         trainer.drop_executables()
         release_host_memory()
         test = dataset["test"]
-        results, render_s = evaluate_split(
-            model, test, out_dir / "eval", eval_views(test, cfg), lpips=lpips
-        )
+        with atomic_dir(out_dir / "eval") as eval_dir:  # a failed or interrupted evaluation leaves no renders
+            results, render_s = evaluate_split(
+                model, test, eval_dir, eval_views(test, cfg), lpips=lpips,
+                progress=lambda done, total: raise_if_stop_requested(f"interrupted while evaluating; {ckpt} holds the run"),
+            )
         summary.update(evaluation_summary(results, render_s))
         tb.log_evaluation(results, trainer.pos.step, out_dir / "eval")
     tb.close()

@@ -29,6 +29,7 @@ import numpy as np
 
 from tensorf_common.config import ExperimentConfig
 from tensorf_common.errors import CheckpointError, TrainingError
+from tensorf_common.interrupt import stop_requested
 from tensorf_common.geometry import n_to_reso, train_n_samples
 from tensorf_common.schedule import Schedule, SchedulePosition, TrainingClock
 from tensorf_common.training_log import LogPoint, log_line, progress_bar
@@ -119,6 +120,9 @@ class Trainer:
         self._compiled: dict = {}
         self._pending_recompile = False
         self._clock: Optional[TrainingClock] = None
+        self._checkpoint_clock: Optional[float] = None
+        """The training clock's reading (``_clock.last``) when this process last wrote the checkpoint or
+        started :meth:`run`: the periodic checkpoint (``checkpoint_minutes``) counts from it."""
         self.first_step_at: Optional[float] = None
         """``time.perf_counter()`` when the first step of this process had finished (None before)."""
         self.mesh = None
@@ -139,7 +143,7 @@ class Trainer:
         sampler with the rays that miss the box filtered out, and the compaction capacities. The
         carving and the ray filter run as compiled JAX on the default device (on the CPU backend
         numpy carves: the same hull without a compilation, which costs more than it saves there)."""
-        from tensorf_common.bounds import training_box
+        from tensorf_common.bounds import require_rays_in_box, training_box
         from tensorf_common.data import BatchSampler
 
         from .carving import carve_visual_hull
@@ -166,6 +170,8 @@ class Trainer:
         self.sampler = BatchSampler(split.n_rays, tc.batch_size, tc.seed)
         if tc.ray_filter:
             keep = filter_rays_by_box(split, self.model.aabb)
+            source = "data.aabb" if self.cfg.data.aabb is not None else "the dataset's default box"
+            require_rays_in_box(keep.size, split, self.model.aabb, source + (", carved" if start.event is not None else ""))
             self.sampler.restrict(keep)
             self.events.append({"event": "ray_filter_box", "kept": int(self.sampler.pool_size), "of": split.n_rays})
         self._set_capacities(initial=True)
@@ -486,11 +492,16 @@ class Trainer:
         if bar is not None:
             bar.update(p.step)
         self._clock = TrainingClock(p, lambda: time.perf_counter())
+        self._checkpoint_clock = self._clock.last
+        if stop_requested():  # a Ctrl-C during set-up: do not compile for nothing
+            return self
         compiled = self._step_fn()
         self._tick(training=False)
         window: list = []
         window_t0, window_step0 = p.train_seconds, p.step
         while not sched.done(p) and (max_steps is None or p.step - start_step < max_steps):
+            if stop_requested():  # Ctrl-C (tensorf_common.interrupt): the caller keeps the run
+                break
             args = self._step_args(self.sampler.next())
             self.model.params, self.opt_state, metrics = compiled(*args)
             window.append(metrics)
@@ -525,7 +536,7 @@ class Trainer:
                         self._set_capacities()
                     self._pending_recompile = False
                     compiled = self._step_fn()
-            if tc.checkpoint_every and p.step % tc.checkpoint_every == 0 and self.out_dir is not None:
+            if self.out_dir is not None and self._checkpoint_due():
                 with self._overhead():
                     self.save_checkpoint()
         if window:
@@ -533,6 +544,14 @@ class Trainer:
         if bar is not None:
             bar.close()
         return self
+
+    def _checkpoint_due(self) -> bool:
+        """Every ``checkpoint_every`` steps, and ``checkpoint_minutes`` after the last checkpoint
+        (or the start of :meth:`run`) by the budget clock's last reading."""
+        tc = self.tc
+        if tc.checkpoint_every and self.pos.step % tc.checkpoint_every == 0:
+            return True
+        return bool(tc.checkpoint_minutes) and self._clock.last - self._checkpoint_clock >= 60.0 * tc.checkpoint_minutes
 
     def _log_window(self, window: list, seconds: float, steps: int) -> Optional[LogPoint]:
         if not window:
@@ -678,7 +697,9 @@ class Trainer:
     def save_checkpoint(self, path: Optional[Path] = None) -> Path:
         """Write the run to ``path`` (default ``out_dir/checkpoint.npz``), atomically."""
         path = Path(path) if path is not None else Path(self.out_dir) / "checkpoint.npz"
-        return ckpt.save_checkpoint(path, self.state_dict())
+        saved = ckpt.save_checkpoint(path, self.state_dict())
+        self._checkpoint_clock = self._clock.last if self._clock is not None else None
+        return saved
 
     @classmethod
     def resume(cls, path: Path, dataset, **kwargs) -> "Trainer":

@@ -107,8 +107,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # tensorf_common.interrupt.TrainingInterrupted says where the run stands
+        print(f"error: {exc}" if str(exc) else "error: interrupted", file=sys.stderr)
         return 130
     return int(code or 0)
 

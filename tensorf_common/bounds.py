@@ -263,6 +263,21 @@ def training_box(split, aabb, tc: TrainConfig, carve=None) -> TrainingBox:
     event = {"event": "carve", "aabb": np.asarray(tight).tolist(), "from": box.tolist()}
     mask = np.ascontiguousarray(np.transpose(occ, (2, 1, 0))) if tc.carve_as_mask else None
     return TrainingBox(np.asarray(tight, np.float32), mask, box if mask is not None else None, event)
+def require_rays_in_box(n_kept: int, split, aabb, source: str = "data.aabb") -> None:
+    """Raise a one-line :class:`DatasetError` when no training ray meets the box (``n_kept`` rays
+    of ``split`` do; the box lies outside every camera's view, or the cameras look away from it,
+    e.g. a ``camera_angle_x`` near pi spreads the rays sideways): the trainers' batch samplers
+    would have nothing to draw from. ``source`` says where the box came from."""
+    if n_kept > 0:
+        return
+    box = np.round(as_aabb(aabb).astype(np.float64), 4).tolist()
+    centres = np.asarray(split.c2w)[:, :3, 3].astype(np.float64)
+    lo, hi = (np.round(c, 3).tolist() for c in (centres.min(axis=0), centres.max(axis=0)))
+    raise DatasetError(
+        f"transforms_{split.name}.json: none of the {split.n_rays} training rays of its {split.n_views} cameras "
+        f"(centres within {lo} .. {hi}, camera_angle_x {split.camera_angle_x:.4f}) meets the box {box} ({source}): "
+        "the box is outside every view; check the box and the cameras"
+    )
 
 
 __all__ = [
@@ -277,4 +292,5 @@ __all__ = [
     "occupancy_bounds",
     "ray_box_hit",
     "training_box",
+    "require_rays_in_box",
 ]

@@ -238,7 +238,11 @@ class TrainConfig:
     log_every: int = 100
     """Host-side logging interval in iterations (the only host syncs of the loop)."""
     checkpoint_every: int = 0
-    """Write a checkpoint every N iterations (0: only at the end and at budget exhaustion)."""
+    """Write a checkpoint every N iterations (0: none by count; see checkpoint_minutes)."""
+    checkpoint_minutes: float = 5.0
+    """Write RUN_DIR/checkpoint.npz (atomically) every this many minutes of wall-clock time, so that a
+    killed run can be resumed; it is also written on Ctrl-C and at the end (0: only then). The
+    writes count against the budget, not as training time."""
     precision: Precision = "fp32"
     """Compute precision of grid lookups, feature products and the MLP (parameters stay fp32)."""
     precision_parts: tuple[str, ...] = ("features", "mlp")
@@ -282,6 +286,10 @@ class TrainConfig:
         )
         _require(self.carve_resolution >= 8, f"train.carve_resolution: too small ({self.carve_resolution})")
         _require(self.log_every > 0, f"train.log_every: must be positive, got {self.log_every}")
+        _require(self.checkpoint_every >= 0, f"train.checkpoint_every: must be >= 0, got {self.checkpoint_every}")
+        _require(
+            self.checkpoint_minutes >= 0, f"train.checkpoint_minutes: must be >= 0, got {self.checkpoint_minutes}"
+        )
         _require(self.devices >= 1, f"train.devices: must be >= 1, got {self.devices}")
         _require(
             0 <= self.min_upsample_gap < 1,

@@ -214,10 +214,13 @@ def load_jax_model(path: PathLike, render_cfg: Any = None, white_bg: Optional[bo
 
 def read_official(path: PathLike, model_name: Optional[str] = None) -> PortableModel:
     """An official ``.th`` checkpoint, read safely (see :mod:`torch_reference.checkpoint`)."""
+    from tensorf_common.torch_files import check_torch_file
     from torch_reference.checkpoint import read_checkpoint
 
     from .model import portable_from_official
 
+    _require_file(Path(path))
+    check_torch_file(path)  # an empty, truncated or foreign file, said plainly (torch.load's errors are not)
     ckpt = read_checkpoint(path, map_location="cpu")
     return portable_from_official(ckpt, model_name, source=str(path))
 
@@ -275,6 +278,27 @@ def read_model(path: PathLike, fmt: Optional[str] = None) -> PortableModel:
     return read_jax(path)
 
 
+def load_jax_model_and_config(path: PathLike) -> tuple[Any, Any]:
+    """``(jax model, ExperimentConfig)`` to evaluate or render, from any model file: a JAX ``.npz``
+    (model or trainer checkpoint) as it is; a ``.safetensors`` or official ``.th`` converted (its
+    field and render settings; data: its background and near/far at full resolution, since the
+    file does not record the training's downsample). A suffix that names no format is read as .npz."""
+    from tensorf_common.config import DataConfig, ExperimentConfig
+
+    path = Path(path)
+    kind = SUFFIXES.get(path.suffix.lower(), "npz")
+    if kind == "npz":
+        from jax_tensorf.checkpoint import load_model
+
+        return load_model(path)
+    from .model import portable_to_jax
+
+    pm = read_model(path, kind)
+    model = portable_to_jax(pm)
+    data = DataConfig(white_bg=model.white_bg, near_far=tuple(float(x) for x in model.near_far))
+    return model, ExperimentConfig(field=model.field_cfg, render=model.render_cfg, data=data)
+
+
 def write_model(pm: PortableModel, path: PathLike, fmt: Optional[str] = None, *, numpy_mask: bool = False) -> Path:
     """Write any supported format (from ``fmt`` or the suffix)."""
     kind = format_of(path, fmt)
@@ -297,11 +321,17 @@ def convert_file(
     """Read ``src`` and write ``dst`` (formats from the suffixes unless named). Returns the model."""
     src, dst = Path(src), Path(dst)
     format_of(src, src_format)
-    format_of(dst, dst_format)
-    if src.resolve() == dst.resolve():
-        raise ConversionError(f"{dst}: the output would overwrite the input")
-    if dst.exists() and not overwrite:
-        raise ConversionError(f"{dst}: already exists (use --overwrite)")
+    outputs = [dst]
+    if format_of(dst, dst_format) == "safetensors":
+        if config_path(dst).resolve() == dst.resolve():
+            raise ConversionError(f"{dst}: a .safetensors output's JSON config would be the output itself")
+        outputs.append(config_path(dst))
+    for out in outputs:
+        if src.resolve() == out.resolve():
+            raise ConversionError(f"{out}: the output would overwrite the input")
+        if out.exists() and not overwrite:
+            what = "" if out == dst else f" (the JSON config written beside {dst.name})"
+            raise ConversionError(f"{out}: already exists{what} (use --overwrite)")
     pm = read_model(src, src_format)
     write_model(pm, dst, dst_format, numpy_mask=numpy_mask)
     return pm
@@ -326,6 +356,7 @@ __all__ = [
     "read_jax",
     "write_jax",
     "read_model",
+    "load_jax_model_and_config",
     "write_model",
     "convert_file",
 ]

@@ -7,12 +7,15 @@
   and the first 2 test views (skips when absent).
 * ``small_scene``: a session-wide procedural scene (32x32, 8 train / 4 val / 4 test views, seed 0)
   rendered once into a temporary folder; ``small_dataset`` is it loaded (train, val, test).
+* ``sigint_default``: SIGINT raises KeyboardInterrupt during the test and takes its default action
+  in the processes the test starts, also when pytest itself ignores it (started with ``&``).
 
 Use these instead of rendering or loading your own data, to keep the suite CPU-sized.
 """
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import pytest
@@ -67,3 +70,15 @@ def small_dataset(small_scene: Path):
     from tensorf_common.data.blender import load_blender
 
     return load_blender(small_scene, splits=("train", "val", "test"))
+
+
+@pytest.fixture
+def sigint_default():
+    """Python's default SIGINT handler for the test. A test run started in the background by a
+    non-interactive shell (``make test &``) ignores SIGINT, and so would the code under test and
+    every child process (exec keeps an ignored signal ignored; a handled one becomes the default)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)

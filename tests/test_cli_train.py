@@ -253,3 +253,149 @@ def test_train_help_explains_the_framework_option(capsys):
     assert exc.value.code == 0
     text = " ".join(capsys.readouterr().out.split())
     assert "--framework {jax,torch}" in text and "official checkpoint layout" in text
+def test_eval_of_a_converted_safetensors_model(trained, small_scene, tmp_path):
+    """``eval --ckpt m.safetensors`` evaluates the converted model (it said "contains pickled
+    (object) data"): the same PSNR as the JAX checkpoint it was converted from."""
+    run, _, _ = trained
+    rc, _, err = _cli(["convert", run / "model.npz", tmp_path / "m.safetensors"])
+    assert rc == 0, err
+    psnr = {}
+    for ckpt in (run / "model.npz", tmp_path / "m.safetensors"):
+        out_dir = tmp_path / f"eval-{ckpt.suffix[1:]}"
+        rc, _, err = _cli(["eval", "--ckpt", ckpt, "--data", small_scene, "--max-views", 1, "--no-lpips", "--out", out_dir])
+        assert rc == 0, err
+        psnr[ckpt.suffix] = json.loads((out_dir / "metrics.json").read_text())["mean"]["psnr"]
+    assert psnr[".safetensors"] == pytest.approx(psnr[".npz"], abs=1e-4)
+
+
+@pytest.mark.parametrize("cause", ["box", "cameras"])
+def test_no_ray_meets_the_box_exits_2_with_one_line(cause, small_scene, tmp_path):
+    """A box outside every view, or cameras whose rays spread sideways (camera_angle_x near pi): one
+    line naming the box, the cameras and the cause (it was `ValueError: restrict: ...`, exit 1),
+    and no run folder left behind."""
+    import shutil
+
+    data, extra = small_scene, []
+    if cause == "box":
+        extra = ["--config.data.aabb", 10, 10, 10, 11, 11, 11]
+    else:
+        data = tmp_path / "wide"
+        shutil.copytree(small_scene, data)
+        meta = json.loads((data / "transforms_train.json").read_text())
+        meta["camera_angle_x"] = 3.14159
+        (data / "transforms_train.json").write_text(json.dumps(meta))
+    run = tmp_path / "run"
+    rc, _, err = _cli(["train", "--data", data, "--preset", "smoke", "--out", run, "--steps", 2, "--no-progress"] + extra)
+    assert rc == 2, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: transforms_train.json: none of the 8192 training rays"), line
+    want = ("[[10.0, 10.0, 10.0], [11.0, 11.0, 11.0]] (data.aabb)" if cause == "box"
+            else "[[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]] (the dataset's default box)")
+    assert f"meets the box {want}" in line and "camera_angle_x" in line
+    assert ("camera_angle_x 3.1416" in line) == (cause == "cameras")
+    assert not run.exists()  # the folder the failed run created is gone
+
+
+def _listing(folder):
+    return sorted((str(p.relative_to(folder)), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")  # the NaN render's PNG, never kept
+def test_an_out_folder_holding_a_run_is_refused_unless_resume_or_overwrite(trained, small_scene, tmp_path, monkeypatch):
+    """``train --out RUN`` over an earlier run replaced its model silently beside the old
+    evaluation; now it is refused, ``--overwrite`` clears the old run first, a folder holding other
+    files is refused either way. An evaluation that fails on a non-finite render (here the second
+    view's) leaves no renders."""
+    import shutil
+
+    import jax_tensorf.evaluation as evaluation
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    before = _listing(run)
+    args = ["train", "--data", small_scene, "--preset", "smoke", "--out", run, "--steps", 2, "--no-progress", "--no-lpips"]
+    rc, _, err = _cli(args)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "already holds a run (checkpoint.npz, model.npz, run.json)" in err and "--resume" in err and "--overwrite" in err
+    rc, _, err = _cli(args + ["--resume", "--overwrite"])
+    assert rc == 2 and "give one" in err
+    assert _listing(run) == before
+
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    rc, _, err = _cli(args[:6] + [other] + args[7:] + ["--overwrite"])
+    assert rc == 2 and "holds no run" in err and (other / "todo.txt").read_text() == "keep me"
+
+    real = evaluation.render_view
+
+    def second_view_not_finite(model, split, view, chunk=None):
+        out = real(model, split, view, chunk)
+        if view == 1:
+            out["rgb"] = out["rgb"] * np.nan
+        return out
+
+    monkeypatch.setattr(evaluation, "render_view", second_view_not_finite)
+    rc, _, err = _cli(args + ["--overwrite"])
+    assert rc == 2 and "non-finite" in err, err
+    # the old run's files are gone (its evaluation included), the new model is kept, no render of it
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.npz", "model.npz", "tensorboard"]
+    from jax_tensorf.checkpoint import read_npz
+
+    assert read_npz(run / "checkpoint.npz")[1]["schedule"]["step"] == 2
+
+
+def _train_until_interrupted(args, cwd):
+    """Start `tensorf-bench train ARGS` (log at every step), send SIGINT once a step line is out,
+    return (exit status, output)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorf_bench.cli", "train", *map(str, args)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},  # a crash would print where it happened
+    )
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("step "):
+                proc.send_signal(signal.SIGINT)
+                break
+        lines.append(proc.stdout.read())
+        rc = proc.wait(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return rc, "".join(lines)
+
+
+@pytest.mark.slow  # three processes that each load, set up, compile and train a step
+def test_ctrl_c_exits_130_keeps_the_run_and_resume_continues_it(small_scene, tmp_path, sigint_default):
+    """Ctrl-C once a step has run: exit 130 every time (it was SIGSEGV in 4 of 5 runs), the run
+    folder holds the checkpoint of the last finished step and nothing else (no evaluation, no
+    temporary file), and ``--resume`` continues from it; three interrupts in a row (a fresh run,
+    then two resumes), enough to catch a failure that happens 4 times in 5."""
+    from pathlib import Path
+
+    from jax_tensorf.checkpoint import read_npz
+
+    run = tmp_path / "run"
+    base = ["--data", small_scene, "--preset", "smoke", "--steps", 400, "--out", run, "--no-lpips", "--no-progress",
+            "--config.train.log-every", 1]
+    step = 0
+    for attempt in range(3):
+        rc, out = _train_until_interrupted(base + (["--resume"] if attempt else []), Path(__file__).resolve().parents[1])
+        assert rc == 130, out[-3000:]
+        if attempt:
+            assert f"resumed {run / 'checkpoint.npz'} at step {step} " in out, out[-3000:]
+        saved = read_npz(run / "checkpoint.npz")[1]["schedule"]["step"]
+        assert saved > step, (saved, step)
+        last = out.strip().splitlines()[-1]
+        assert last == f"error: interrupted at step {saved}; {run / 'checkpoint.npz'} holds the run (continue with --resume)"
+        assert sorted(p.name for p in run.iterdir()) == ["checkpoint.npz", "tensorboard"], out[-3000:]
+        step = saved

@@ -38,3 +38,28 @@ def test_ordinary_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert p.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+
+
+def test_atomic_dir_replaces_the_folder_whole_or_not_at_all(tmp_path):
+    """A reader sees the old folder or the whole new one; a failure half-way leaves the old one and
+    no temporary folder (an evaluation that fails on its second render leaves no renders)."""
+    target = tmp_path / "eval"
+    with atomic.atomic_dir(target) as tmp:
+        (tmp / "r_0.png").write_bytes(b"new")
+        (tmp / "depth").mkdir()
+        assert not target.exists()
+    assert sorted(p.name for p in target.iterdir()) == ["depth", "r_0.png"]
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_dir(target) as tmp:
+            (tmp / "r_1.png").write_bytes(b"partial")
+            raise RuntimeError("render 2 is not finite")
+    assert sorted(p.name for p in target.iterdir()) == ["depth", "r_0.png"]
+    with atomic.atomic_dir(target) as tmp:  # a successful second write replaces every old file
+        (tmp / "r_2.png").write_bytes(b"newer")
+    assert sorted(p.name for p in target.iterdir()) == ["r_2.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]
+    with pytest.raises(KeyboardInterrupt):
+        with atomic.atomic_dir(tmp_path / "fresh") as tmp:
+            (tmp / "x").write_bytes(b"x")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eval"]

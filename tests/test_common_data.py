@@ -297,6 +297,10 @@ BAD_META = {
     "transform inf": (_set(["frames", 0, "transform_matrix", 1, 1], float("inf")), "frames[0].transform_matrix"),
     "transform strings": (_set(["frames", 0, "transform_matrix", 1], ["a", "b", "c", "d"]), "frames[0].transform_matrix"),
     "missing image": (_set(["frames", 2, "file_path"], "./train/nope"), "frames[2].file_path"),
+    "transform all zero": (_set(["frames", 1, "transform_matrix"], np.zeros((4, 4)).tolist()),
+                           "frames[1].transform_matrix: its rotation block (upper-left 3x3) is singular"),
+    "transform rank 2": (_set(["frames", 0, "transform_matrix"], np.diag([1.0, 1.0, 0.0, 1.0]).tolist()),
+                         "frames[0].transform_matrix: its rotation block"),
 }
 
 
@@ -358,6 +362,44 @@ def test_bad_files_raise_dataset_error(tmp_path):
         load_blender(root, splits=("train",), aabb=[[1, 1, 1], [0, 0, 0]])
     # The dataset itself is fine.
     assert load_blender(root, splits=("train",))["train"].n_views == 3
+
+
+def _escape_outside(root: Path, kind: str) -> str:
+    """A file_path for frame 1 that names an existing PNG outside ``root`` (written beside it)."""
+    secret = root.parent / "outside" / "secret.png"
+    secret.parent.mkdir(exist_ok=True)
+    write_png(secret, np.zeros((8, 8, 4), dtype=np.uint8))
+    if kind == "dotdot":
+        return "./train/../../outside/secret"
+    if kind == "absolute":
+        return str(secret.with_suffix(""))
+    link = root / "train" / "link.png"  # a symlinked image inside the folder that leads out
+    link.symlink_to(secret)
+    return "./train/link"
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink"])
+def test_image_paths_outside_the_dataset_folder_are_refused(kind, tmp_path):
+    """A dataset is untrusted: it must not make the loader read files outside its folder."""
+    root = _write_dataset(tmp_path / "ds")
+    fp = _escape_outside(root, kind)
+    _edit_meta(root, _set(["frames", 1, "file_path"], fp))
+    with pytest.raises(DatasetError) as info:
+        load_blender(root, splits=("train",))
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith(f"{root / 'transforms_train.json'}: frames[1].file_path "), msg
+    assert "outside the dataset folder" in msg and "secret" in msg, msg
+
+
+def test_symlinks_inside_the_dataset_folder_are_kept(tmp_path):
+    """A symlink that stays inside the folder (and a dataset folder reached through a symlink) loads."""
+    root = _write_dataset(tmp_path / "ds")
+    (root / "train" / "alias.png").symlink_to(root / "train" / "r_1.png")
+    _edit_meta(root, _set(["frames", 1, "file_path"], "./train/alias"))
+    (tmp_path / "ds-link").symlink_to(root)
+    s = load_blender(tmp_path / "ds-link", splits=("train",))["train"]
+    assert s.n_views == 3 and s.frame_names[1] == "alias"
 
 
 def test_rgb_and_greyscale_pngs_are_opaque(tmp_path):

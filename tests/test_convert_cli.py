@@ -167,3 +167,72 @@ def test_converter_and_commands_import_no_framework():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_safetensors_output_does_not_replace_its_json_without_overwrite(th_file: Path, tmp_path: Path, capsys):
+    """The config written beside OUT (m.safetensors -> m.json) was replaced without --overwrite."""
+    (tmp_path / "m.json").write_text("my notes")
+    assert main(["convert", str(th_file), str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {tmp_path / 'm.json'}: already exists (the JSON config written beside m.safetensors) (use --overwrite)"
+    assert (tmp_path / "m.json").read_text() == "my notes" and not (tmp_path / "m.safetensors").exists()
+    assert main(["convert", str(th_file), str(tmp_path / "m.safetensors"), "--overwrite"]) == 0
+    assert json.loads((tmp_path / "m.json").read_text())["model_name"] == "TensorVMSplit"
+    assert main(["convert", str(th_file), str(tmp_path / "c.json"), "--to", "safetensors"]) == 2
+    assert "would be the output itself" in capsys.readouterr().err and not (tmp_path / "c.json").exists()
+
+
+def _legacy(th_file: Path, path: Path) -> Path:
+    ckpt = torch.load(th_file, weights_only=False)
+    torch.save(ckpt, path, _use_new_zipfile_serialization=False)
+    return path
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("zip cut in half", "truncated or damaged: not a complete zip archive"),
+        ("zip cut at the end", "truncated or damaged: not a complete zip archive"),
+        ("zip member flipped", "damaged: archive member"),
+        ("legacy cut in its pickles", "truncated or damaged: the legacy torch file's pickled part breaks off"),
+        ("plain pickle", "not a torch checkpoint: neither a zip archive nor a legacy torch file"),
+        ("empty", "empty file (0 bytes)"),
+    ],
+)
+def test_a_damaged_th_file_is_named_for_what_it_is(damage, message, th_file: Path, tmp_path: Path, capsys):
+    """It said `OSError: [Errno 22] Invalid argument` (a truncated file), `EOFError: ` (an empty one)
+    or named a refused global "(unknown; see torch.load's message)" (a plain pickle, a cut legacy file)."""
+    import pickle
+    import struct
+
+    data = th_file.read_bytes()
+    bad = tmp_path / "bad.th"
+    if damage == "zip cut in half":
+        bad.write_bytes(data[: len(data) // 2])
+    elif damage == "zip cut at the end":
+        bad.write_bytes(data[:-40])
+    elif damage == "zip member flipped":
+        import zipfile
+
+        with zipfile.ZipFile(th_file) as z:  # flip a byte inside the first stored tensor's data
+            info = next(i for i in z.infolist() if "/data/" in i.filename)
+        name_len, extra_len = struct.unpack("<HH", data[info.header_offset + 26: info.header_offset + 30])
+        offset = info.header_offset + 30 + name_len + extra_len + info.file_size // 2
+        damaged = bytearray(data)
+        damaged[offset] ^= 0xFF
+        bad.write_bytes(bytes(damaged))
+    elif damage == "legacy cut in its pickles":
+        bad.write_bytes(_legacy(th_file, tmp_path / "legacy.th").read_bytes()[:200])
+    elif damage == "plain pickle":
+        bad.write_bytes(pickle.dumps({"state_dict": {}}))
+    else:
+        bad.write_bytes(b"")
+    assert main(["convert", str(bad), str(tmp_path / "out.npz")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith(f"error: {bad}: ") and message in err[0], err
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_a_whole_legacy_th_file_still_converts(th_file: Path, tmp_path: Path):
+    legacy = _legacy(th_file, tmp_path / "legacy.th")
+    assert main(["convert", str(legacy), str(tmp_path / "out.npz")]) == 0

@@ -323,3 +323,70 @@ def test_a_stall_at_an_event_cannot_bunch_the_upsamples(small_dataset, monkeypat
     # the first upsample: 10% of the ~50 s of training the run expected before any stall
     assert ups[0]["train_seconds"] == pytest.approx(0.1 * 50.0, abs=0.5)
     assert trainer.pos.elapsed >= 60.0
+
+
+# ------------------------------------------------------------------ interruption and periodic checkpoints
+
+
+@pytest.fixture(scope="module")
+def plain_trainer(small_dataset, tmp_path_factory):
+    """A trainer of the test run without events (one compilation for the tests below), logging at
+    every step, checkpointing every half minute into its own folder."""
+    cfg = replace_train(_run_cfg(), upsample_at=(), alpha_mask_at=(), n_iters=100, checkpoint_minutes=0.5)
+    return Trainer(cfg, small_dataset, out_dir=tmp_path_factory.mktemp("plain"), log=lambda s: None)
+
+
+def test_ctrl_c_stops_the_loop_between_steps(plain_trainer, sigint_default):
+    """Within tensorf_common.interrupt.stop_on_interrupt a SIGINT raises nothing (before, the
+    KeyboardInterrupt surfaced inside JAX's dispatch); the loop finishes the step it is in and stops
+    before the next one, leaving the run to its caller to save."""
+    import os
+    import signal
+
+    from tensorf_common.interrupt import stop_on_interrupt, stop_requested
+
+    trainer = plain_trainer
+    start = trainer.pos.step
+
+    def on_log(point):
+        if point.step == start + 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with stop_on_interrupt():
+        trainer.run(on_log=on_log)
+        assert stop_requested()
+    assert trainer.pos.step == start + 3 and [p.step - start for p in trainer.history[-3:]] == [1, 2, 3]
+
+
+def test_a_checkpoint_is_written_every_checkpoint_minutes(plain_trainer, monkeypatch):
+    """Default runs keep a resumable checkpoint by wall-clock time (a killed run loses at most that
+    much), counted on the trainer's clock (a fake one here: 5 s per reading)."""
+    import jax_tensorf.training as training
+    from tensorf_common.config import PRESETS, preset
+
+    assert TrainConfig().checkpoint_minutes > 0
+    assert all(preset(name).train.checkpoint_minutes > 0 for name in PRESETS)
+    trainer = plain_trainer
+    assert trainer.tc.checkpoint_minutes == 0.5
+    clock = FakeClock(tick=5.0)
+    monkeypatch.setattr(training, "time", clock)
+    saved = []
+    real = trainer.save_checkpoint
+
+    def save(path=None):
+        saved.append((trainer.pos.step, clock.t))
+        return real(path)
+
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
+    start = clock.t
+    trainer.run(max_steps=20)
+    assert len(saved) >= 2, saved
+    times = [start] + [t for _, t in saved]
+    assert all(b - a >= 30.0 for a, b in zip(times, times[1:])), times
+    assert all(b - a <= 30.0 + 4 * clock.tick for a, b in zip(times, times[1:])), times  # not much later either
+    assert read_npz(trainer.out_dir / "checkpoint.npz")[1]["schedule"]["step"] == saved[-1][0]
+    n = len(saved)
+    trainer.cfg = replace_train(trainer.cfg, checkpoint_minutes=0.0)
+    trainer.tc = trainer.cfg.train
+    trainer.run(max_steps=10)
+    assert len(saved) == n  # 0: only at the end and on Ctrl-C (by the caller)

@@ -269,3 +269,46 @@ def test_quality_child_entry_point_is_the_module_the_stage_spawns():
     out = subprocess.run([sys.executable, "-m", "tensorf_bench.report_runner"], capture_output=True, text=True,
                          cwd=children.REPO_ROOT, timeout=120)
     assert out.returncode == 2 and "python -m tensorf_bench.report_runner quality JOB.json" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        ("report.json invalid", "report.json: not valid JSON"),
+        ("report.json a list", "report.json: expected a JSON object, got list"),
+        ("report.json without preset", "report.json: missing 'preset.name'"),
+        ("report.json without data", "report.json: missing 'data'"),
+        ("report.json unknown preset", "report.json: preset.name 'bogus' is not a report preset"),
+        ("stage a list", "stages/machine.json: not a stage record (expected a JSON object, got list)"),
+        ("stage invalid", "stages/machine.json: not a stage record"),
+    ],
+)
+def test_resume_of_a_damaged_run_folder_exits_2_naming_the_file(damage, message, tmp_path, capsys):
+    """It was a traceback (exit 1), and an unknown preset in report.json was blamed on --preset."""
+    from tensorf_bench.cli import main
+
+    run = tmp_path / "run"
+    assert _runner(run, FakeStages()).run() == 0
+    capsys.readouterr()
+    meta_path, stage_path = run / "report.json", run / "stages" / "machine.json"
+    meta = json.loads(meta_path.read_text())
+    if damage == "report.json invalid":
+        meta_path.write_text('{"preset": ')
+    elif damage == "report.json a list":
+        meta_path.write_text("[1, 2]")
+    elif damage == "report.json without preset":
+        meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "preset"}))
+    elif damage == "report.json without data":
+        meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k != "data"}))
+    elif damage == "report.json unknown preset":
+        meta_path.write_text(json.dumps({**meta, "preset": {**meta["preset"], "name": "bogus"}}))
+    elif damage == "stage a list":
+        stage_path.write_text("[]")
+    else:
+        stage_path.write_text("{")
+    before = {p: p.read_bytes() for p in (meta_path, stage_path)}
+    assert main(["report", "--resume", str(run), "--no-progress"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert "--preset" not in err[0]
+    assert {p: p.read_bytes() for p in before} == before  # nothing rewritten

@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Union
 
+from tensorf_common.atomic import atomic_dir
 from tensorf_common.config import ExperimentConfig
 from tensorf_common.errors import CheckpointError
+from tensorf_common.interrupt import raise_if_stop_requested, stops_on_interrupt
 from tensorf_common.run_summary import evaluation_summary, training_summary, write_run_summary
 
 if TYPE_CHECKING:
@@ -34,6 +36,7 @@ def _warm_library() -> None:
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
 
 
+@stops_on_interrupt
 def train_run(
     cfg: ExperimentConfig,
     data_dir,
@@ -53,7 +56,9 @@ def train_run(
     :class:`tensorf_common.training_log.LogPoint`); with ``tensorboard`` the log points, events and the
     evaluation also go to event files in ``out_dir/tensorboard/``. A resumed run (``resume`` and ``out_dir/checkpoint.th``) keeps its saved config.
     Config fields the torch reference cannot honour raise ConfigError before anything is read;
-    the JAX-only speed knobs it ignores are recorded under ``ignored_config``."""
+    the JAX-only speed knobs it ignores are recorded under ``ignored_config``. Ctrl-C stops training
+    between steps, writes the checkpoint and raises :class:`tensorf_common.interrupt.TrainingInterrupted`
+    (no evaluation)."""
     import torch
 
     from tensorf_common.data import load_from_config
@@ -86,6 +91,7 @@ def train_run(
     trainer.run(on_log=tb.follow(trainer, None if on_log is None else lambda point: on_log(dataclasses.asdict(point))))
     tb.log_records(trainer.events, trainer.compiles)
     trainer.save_checkpoint(ckpt)
+    raise_if_stop_requested(f"interrupted at step {trainer.pos.step}; {ckpt} holds the run (continue with --resume)")
     model = trainer.model
     save_checkpoint(model, out_dir / MODEL, extra={"config": cfg.to_dict()})
 
@@ -96,9 +102,11 @@ def train_run(
     summary["ignored_config"] = trainer.ignored
     if evaluate:
         test = dataset["test"]
-        results, render_s = evaluate_split(  # every view of the (already strided/limited) test split
-            model, test, out_dir / "eval", lpips=lpips, chunk=cfg.render.chunk, appearance=cfg.render.eval_appearance,
-        )
+        with atomic_dir(out_dir / "eval") as eval_dir:  # a failed or interrupted evaluation leaves no renders
+            results, render_s = evaluate_split(  # every view of the (already strided/limited) test split
+                model, test, eval_dir, lpips=lpips, chunk=cfg.render.chunk, appearance=cfg.render.eval_appearance,
+                progress=lambda done, total: raise_if_stop_requested(f"interrupted while evaluating; {ckpt} holds the run"),
+            )
         summary.update(evaluation_summary(results, render_s))
         tb.log_evaluation(results, trainer.pos.step, out_dir / "eval")
     tb.close()

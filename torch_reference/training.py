@@ -44,6 +44,7 @@ from torch import Tensor
 from tensorf_common.config import ConfigError, ExperimentConfig
 from tensorf_common.errors import CheckpointError, TrainingError
 from tensorf_common.geometry import n_to_reso, train_n_samples
+from tensorf_common.interrupt import stop_requested
 from tensorf_common.schedule import Schedule, SchedulePosition, TrainingClock, lr_factor
 from tensorf_common.training_log import LogPoint, log_line, progress_bar
 
@@ -155,7 +156,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _setup(self) -> None:
-        from tensorf_common.bounds import training_box
+        from tensorf_common.bounds import require_rays_in_box, training_box
         from tensorf_common.data import BatchSampler
 
         t0 = time.perf_counter()
@@ -177,8 +178,9 @@ class Trainer:
         self.sampler = BatchSampler(split.n_rays, tc.batch_size, tc.seed)
         if tc.ray_filter:
             keep = self._keep_rays(self.sampler.pool(), bbox_only=True)
-            if keep.size:
-                self.sampler.restrict(keep)
+            source = "data.aabb" if cfg.data.aabb is not None else "the dataset's default box"
+            require_rays_in_box(keep.size, split, box.aabb, source + (", carved" if box.event is not None else ""))
+            self.sampler.restrict(keep)
             self.events.append({"event": "ray_filter_box", "kept": int(self.sampler.pool_size), "of": int(split.n_rays)})
         self._sync()
         self.setup_seconds = time.perf_counter() - t0
@@ -267,7 +269,10 @@ class Trainer:
         window: list[dict[str, Tensor]] = []
         window_t0 = p.train_seconds
         used: tuple[float, float, float] = (0.0, 0.0, 0.0)
+        last_checkpoint = p.elapsed  # the periodic checkpoint counts from here (budget clock)
         while not sched.done(p) and (max_steps is None or p.step - start_step < max_steps):
+            if stop_requested():  # Ctrl-C (tensorf_common.interrupt): the caller keeps the run
+                break
             if sched.uses_time:
                 set_learning_rates(self.optimizer, self.model, *sched.learning_rates(p))
             tv = sched.tv_scale(p)  # TV weights decay every step and are never reset (official)
@@ -299,9 +304,13 @@ class Trainer:
                         self._mask_update()
                     while sched.upsample_due(p):
                         self._upsample()
-            if tc.checkpoint_every and p.step % tc.checkpoint_every == 0 and self.out_dir is not None:
+            due = (tc.checkpoint_every and p.step % tc.checkpoint_every == 0) or (
+                tc.checkpoint_minutes and p.elapsed - last_checkpoint >= 60.0 * tc.checkpoint_minutes
+            )
+            if due and self.out_dir is not None:
                 with clock.overhead(self._sync):
                     self.save_checkpoint()
+                last_checkpoint = p.elapsed
         if window:
             point = self._log_window(window, used, p.train_seconds - window_t0)
             if on_log is not None:

@@ -25,13 +25,14 @@ class Convert:
     src: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="IN")]]
     """The model file to read."""
     dst: tyro.conf.Positional[Annotated[Path, tyro.conf.arg(metavar="OUT")]]
-    """The file to write (refused if it exists, unless --overwrite)."""
+    """The file to write (refused if it exists, or for a .safetensors output if its .json config
+    does, unless --overwrite)."""
     to: Optional[Format] = None
     """Format of OUT; default: from its suffix."""
     in_format: Optional[Format] = None
     """Format of IN; default: from its suffix."""
     overwrite: bool = False
-    """Replace OUT if it exists."""
+    """Replace OUT (and a .safetensors output's .json config) if they exist."""
     numpy_mask: bool = False
     """.th output: store the packed mask as the official numpy array (default: a uint8 tensor of the same bytes)."""
 

@@ -105,17 +105,13 @@ class Report:
     """Show a progress bar."""
 
     def run(self) -> int:
-        from tensorf_bench.report_runner.run import ReportError, ReportRun, default_run_id
-        from tensorf_bench.report.io import read_json
+        from tensorf_bench.report_runner.run import ReportRun, default_run_id, read_report_meta
         from tensorf_bench.report.presets import report_preset
 
         if self.resume is not None:
             run_dir = Path(self.resume)
-            meta = read_json(run_dir / "report.json")
-            if meta is None:
-                raise ReportError(f"--resume: {run_dir} is not a report run (no report.json)")
-            name = (meta.get("preset") or {}).get("name", self.preset)
-            preset = report_preset(name)
+            meta = read_report_meta(run_dir)
+            preset = report_preset(meta["preset"]["name"])
             data = meta.get("data")
             if self.data is not None and self.data != data:
                 raise ConfigError(f"--data: {run_dir} was started with --data {data}; resume it without --data")

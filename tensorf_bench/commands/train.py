@@ -59,7 +59,12 @@ class Train:
     """Compute precision of lookups, features and the MLP: fp32, bf16 or fp16 (overrides
     config.train.precision; parameters and Adam stay fp32)."""
     resume: bool = False
-    """Continue the run in --out from its checkpoint."""
+    """Continue the run in --out from its checkpoint (RUN_DIR/checkpoint.npz, or checkpoint.th for
+    torch), which a run writes every config.train.checkpoint-minutes, on Ctrl-C (training stops after
+    the current step; exit 130) and at the end."""
+    overwrite: bool = False
+    """Replace the run already in --out: its files are deleted first. Without it (or --resume) a
+    folder that holds a run is refused."""
     eval: bool = True
     """Evaluate on the test split at the end."""
     lpips: bool = True
@@ -93,6 +98,8 @@ class Train:
     def run(self) -> int:
         from tensorf_common.data.scene_cache import resolve_data_dir
 
+        from tensorf_bench.run_folder import run_folder
+
         cfg = self.resolved_config()
         if self.framework == "torch":
             from torch_reference.run import train_run
@@ -105,13 +112,12 @@ class Train:
         data_dir = resolve_data_dir(self.data)
         out = self.out or Path("runs") / f"{self.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
         checkpoint = RUN_FILES[self.framework][0]
-        if self.resume and not (Path(out) / checkpoint).exists():
-            raise ConfigError(f"--resume: {out}/{checkpoint} does not exist")
-        print(f"training {self.framework} ({self.preset}) on {data_dir} -> {out}", file=sys.stderr)
-        summary = train_run(
-            cfg, data_dir, out, resume=self.resume, evaluate=self.eval, lpips=self.lpips,
-            progress=self.progress and sys.stderr.isatty(), tensorboard=self.tensorboard,
-        )
+        with run_folder(out, resume=self.resume, overwrite=self.overwrite, checkpoint=checkpoint):
+            print(f"training {self.framework} ({self.preset}) on {data_dir} -> {out}", file=sys.stderr)
+            summary = train_run(
+                cfg, data_dir, out, resume=self.resume, evaluate=self.eval, lpips=self.lpips,
+                progress=self.progress and sys.stderr.isatty(), tensorboard=self.tensorboard,
+            )
         print(
             f"steps {summary['steps']}, trained {summary['train_seconds']:.1f} s, "
             f"{summary['rays_per_s'] or 0:.0f} rays/s, grid {'x'.join(map(str, summary['grid_size']))}, "
@@ -130,7 +136,9 @@ def _framework_of(run: Optional[Path], ckpt: Optional[Path], framework: Optional
 
     found = None
     if ckpt is not None:
-        found = "torch" if Path(ckpt).suffix == ".th" else "jax"
+        if Path(ckpt).suffix.lower() == ".th":
+            return framework or "torch"  # --framework jax converts it on loading
+        found = "jax"
     elif run is not None:
         run_json = Path(run) / "run.json"
         if run_json.is_file():
@@ -143,14 +151,15 @@ def _framework_of(run: Optional[Path], ckpt: Optional[Path], framework: Optional
 
 
 def _load_model(framework: str, ckpt: Path):
-    """``(model, config)`` of a model or training checkpoint."""
+    """``(model, config)`` of a model or training checkpoint; for JAX also of a converted model
+    (.safetensors) or an official .th, converted on loading."""
     if framework == "torch":
         from torch_reference.run import load_run_model
 
         return load_run_model(ckpt)
-    from jax_tensorf.checkpoint import load_model
+    from tensorf_convert.files import load_jax_model_and_config
 
-    return load_model(ckpt)
+    return load_jax_model_and_config(ckpt)
 
 
 def _checkpoint_path(run: Optional[Path], ckpt: Optional[Path], framework: str = "jax") -> Path:
@@ -203,13 +212,16 @@ class Eval:
     run_dir: Optional[Path] = None
     """Run folder written by `train` (reads RUN_DIR/model.npz or model.th)."""
     ckpt: Optional[Path] = None
-    """A model or training checkpoint (.npz, .th) instead of --run-dir."""
+    """A model or training checkpoint (.npz: JAX, .th: torch) instead of --run-dir; with --framework
+    jax a converted model (.safetensors) or an official .th is converted on loading and evaluated at
+    the dataset's full resolution."""
     data: Optional[str] = None
     """Dataset folder; default: the run's dataset, else the built-in procedural scene."""
     split: str = "test"
     """Split to evaluate."""
     out: Optional[Path] = None
-    """Where to write renders and metrics; default RUN_DIR/eval-<split> (or next to the checkpoint)."""
+    """Where to write renders and metrics (whole or not at all; an existing folder is replaced only if
+    it holds an evaluation); default RUN_DIR/eval-<split> (or next to the checkpoint)."""
     stride: int = 1
     """Evaluate every n-th view of the split."""
     max_views: Optional[int] = None
@@ -222,6 +234,8 @@ class Eval:
 
         from tensorf_common.data.blender import load_blender
         from tensorf_common.data.scene_cache import resolve_data_dir
+
+        from tensorf_bench.run_folder import evaluation_folder
 
         framework = _framework_of(self.run_dir, self.ckpt, self.framework)
         path = _checkpoint_path(self.run_dir, self.ckpt, framework)
@@ -241,7 +255,8 @@ class Eval:
             stride=self.stride,
         )
         out = self.out or path.parent / f"eval-{self.split}"
-        results, render_s = _evaluate(framework, model, cfg, ds[self.split], out, self.lpips)
+        with evaluation_folder(out) as tmp:
+            results, render_s = _evaluate(framework, model, cfg, ds[self.split], tmp, self.lpips)
         m = results.mean
         print(f"wrote {len(results.per_image)} renders and metrics to {out} ({render_s:.1f} s rendering)")
         print(json.dumps({k: m[k] for k in m}, default=str))
@@ -259,7 +274,9 @@ class Render:
     run_dir: Optional[Path] = None
     """Run folder written by `train` (reads RUN_DIR/model.npz or model.th)."""
     ckpt: Optional[Path] = None
-    """A model or training checkpoint (.npz, .th) instead of --run-dir."""
+    """A model or training checkpoint (.npz: JAX, .th: torch) instead of --run-dir; with --framework
+    jax a converted model (.safetensors) or an official .th is converted on loading and evaluated at
+    the dataset's full resolution."""
     data: Optional[str] = None
     """Dataset folder (for cameras); default: the run's dataset, else the built-in procedural scene."""
     split: str = "test"

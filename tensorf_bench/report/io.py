@@ -66,6 +66,8 @@ class StageRecord:
 
     @staticmethod
     def from_json(d: dict) -> "StageRecord":
+        if not isinstance(d, dict):
+            raise TypeError(f"expected a JSON object, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(StageRecord)}
         return StageRecord(**{k: v for k, v in d.items() if k in names})
 

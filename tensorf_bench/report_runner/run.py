@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import re
@@ -15,8 +16,16 @@ from pathlib import Path
 from typing import Optional
 
 from tensorf_common.errors import TensorfBenchError
-from tensorf_bench.report.io import StageRecord, atomic_write_json, one_line, read_json, read_stages, write_stage
-from tensorf_bench.report.presets import BUILD_ESTIMATE_S, ReportPreset, preset_to_json
+from tensorf_bench.report.io import (
+    STAGES_DIR,
+    StageRecord,
+    atomic_write_json,
+    one_line,
+    read_json,
+    read_stages,
+    write_stage,
+)
+from tensorf_bench.report.presets import BUILD_ESTIMATE_S, REPORT_PRESETS, ReportPreset, preset_to_json
 
 from .progress import Progress
 from .stages import Context, Stage, quality_stage, stage_bench, stage_data, stage_machine, stage_parity
@@ -26,6 +35,44 @@ REPORT_JSON = "report.json"
 
 class ReportError(TensorfBenchError, ValueError):
     """A report run cannot start (bad RUN_DIR, preset or resume target). The CLI prints it on one line."""
+
+
+def read_report_meta(run_dir: Path) -> dict:
+    """``RUN_DIR/report.json`` of a run to resume, checked: a JSON object naming a known report
+    preset (``preset.name``) and the dataset (``data``, null for the built-in scene). A damaged file
+    is a :class:`ReportError` that names it."""
+    path = Path(run_dir) / REPORT_JSON
+    if not path.is_file():
+        raise ReportError(f"--resume: {run_dir} is not a report run (no {REPORT_JSON})")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ReportError(f"{path}: not valid JSON ({one_line(exc)})") from None
+    if not isinstance(meta, dict):
+        raise ReportError(f"{path}: expected a JSON object, got {type(meta).__name__}")
+    preset = meta.get("preset")
+    name = preset.get("name") if isinstance(preset, dict) else None
+    if not isinstance(name, str):
+        raise ReportError(f"{path}: missing 'preset.name' (the run's report preset)")
+    if name not in REPORT_PRESETS:
+        raise ReportError(f"{path}: preset.name {name!r} is not a report preset (known: {sorted(REPORT_PRESETS)})")
+    if "data" not in meta:
+        raise ReportError(f"{path}: missing 'data' (the dataset folder, or null for the built-in scene)")
+    if not (meta["data"] is None or isinstance(meta["data"], str)):
+        raise ReportError(f"{path}: 'data' must be a folder name or null, got {meta['data']!r}")
+    if not isinstance(meta.get("resumed", []), list):
+        raise ReportError(f"{path}: 'resumed' must be a list, got {type(meta['resumed']).__name__}")
+    return meta
+
+
+def check_stage_records(run_dir: Path) -> None:
+    """Every ``RUN_DIR/stages/*.json`` of a run to resume must be a stage record: a damaged one
+    would be taken for a failed stage and silently replaced, so it is named instead."""
+    for p in sorted((Path(run_dir) / STAGES_DIR).glob("*.json")):
+        try:
+            StageRecord.from_json(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ReportError(f"{p}: not a stage record ({one_line(exc)}); delete it to run that stage again") from None
 
 
 def default_run_id(preset: str, data: Optional[str]) -> str:
@@ -72,9 +119,8 @@ class ReportRun:
     def _prepare(self) -> None:
         rd = self.run_dir
         if self.resume:
-            meta = read_json(rd / REPORT_JSON)
-            if meta is None:
-                raise ReportError(f"--resume: {rd} is not a report run (no {REPORT_JSON})")
+            meta = read_report_meta(rd)
+            check_stage_records(rd)
             meta.setdefault("resumed", []).append({"at": _now(), "command": self.command})
             atomic_write_json(rd / REPORT_JSON, meta)
             return

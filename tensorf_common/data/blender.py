@@ -24,7 +24,9 @@ pixel indices on demand (``flat = view * H * W + row * W + col``).
   resolution would show; averaging straight RGB would darken edges.
 
 Bad input raises :class:`tensorf_common.errors.DatasetError` with a one-line message that names the
-file and the field.
+file and the field. A dataset is untrusted input: an image path that resolves outside the dataset
+folder (``..``, an absolute path, a symlink that leads out) is refused, as is a camera matrix whose
+rotation block is singular.
 """
 
 from __future__ import annotations
@@ -322,6 +324,15 @@ def _parse_frame(frame, k: int, where: str) -> tuple[str, np.ndarray]:
         raise DatasetError(f"{where}: frames[{k}].transform_matrix is not 4x4 (shape {m.shape})")
     if not np.all(np.isfinite(m)):
         raise DatasetError(f"{where}: frames[{k}].transform_matrix has non-finite values")
+    rot = m[:3, :3]
+    sv = np.linalg.svd(rot, compute_uv=False)
+    if not sv[0] > 0 or sv[-1] <= 1e-6 * sv[0]:
+        # rays take their directions from this block: a singular one (an all-zero matrix) gives
+        # zero-length or coplanar directions, normalised into NaN or a flat fan
+        raise DatasetError(
+            f"{where}: frames[{k}].transform_matrix: its rotation block (upper-left 3x3) is singular "
+            f"(singular values {np.round(sv, 6).tolist()}), not a camera orientation"
+        )
     return fp, m
 
 
@@ -333,6 +344,17 @@ def _image_path(root: Path, file_path: str) -> Path:
         if q.suffix.lower() in (".png", ".jpg", ".jpeg") and q.is_file():
             return q
     return p
+
+
+def _require_inside(root: Path, img_path: Path, file_path: str, where: str, field_name: str) -> None:
+    """Refuse an image path that resolves outside the dataset folder (``..``, an absolute path, a
+    symlink out of it): a dataset is untrusted input and must not make the loader read other files."""
+    base = root.resolve()
+    target = img_path.resolve()
+    if not target.is_relative_to(base):
+        raise DatasetError(
+            f"{where}: {field_name} {file_path!r} resolves to {target}, outside the dataset folder {base}; refused"
+        )
 
 
 def _select(n: int, stride: int, max_views: Optional[int]) -> np.ndarray:
@@ -377,6 +399,7 @@ def load_split(
         fp, m = parsed[k]
         field_name = f"frames[{k}].file_path"
         img_path = _image_path(root, fp)
+        _require_inside(root, img_path, fp, where, field_name)
         if not img_path.is_file():
             raise DatasetError(f"{where}: {field_name}: image {img_path} not found")
         try:
