@@ -37,9 +37,15 @@ def train_run(
     on_log=None,
 ) -> dict:
     """Train a JAX TensoRF and evaluate it on the test split. Returns the summary written to
-    ``out_dir/run.json``."""
-    from tensorf_common.data import load_from_config
+    ``out_dir/run.json``.
 
+    Several processes (:mod:`jax_tensorf.distributed`): every one loads the dataset and trains its
+    share of each batch; process 0 alone writes the run folder and evaluates. A resumed run reads
+    ``out_dir/checkpoint.npz`` on every process."""
+    from tensorf_common.data import load_from_config
+    from tensorf_common.errors import TrainingError
+
+    from . import distributed
     from .checkpoint import save_model
     from .evaluation import evaluate_split
     from .training import Trainer
@@ -55,24 +61,42 @@ def train_run(
     t_start = time.perf_counter()
     prefer_synchronous_cpu_dispatch()  # before anything creates the CPU client
     cache_dir = enable_compilation_cache()
+    procs = distributed.processes()
+    writer = procs is None or procs.is_writer
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
     t_load = time.perf_counter()
     splits = ("train", "test") if evaluate else ("train",)
-    dataset = load_from_config(data_dir, cfg.data, splits)
-    load_seconds = time.perf_counter() - t_load
     ckpt = out_dir / "checkpoint.npz"
-    resumed = resume and ckpt.exists()
-    if resumed:
-        trainer = Trainer.resume(ckpt, dataset, out_dir=out_dir, log=log, progress=progress)
-        cfg = trainer.cfg
-        log(f"resumed {ckpt} at step {trainer.pos.step} ({trainer.pos.elapsed:.1f} s of budget used)")
-    else:
-        trainer = Trainer(cfg, dataset, out_dir=out_dir, log=log, progress=progress)
+    with distributed.together(procs, "loading the dataset"):
+        dataset = load_from_config(data_dir, cfg.data, splits)
+        resumed = resume and ckpt.exists()
+    load_seconds = time.perf_counter() - t_load
+    if procs is not None:
+        found = procs.all_values(str(int(resumed)), "the checkpoint check")
+        if len(set(found)) > 1:
+            raise TrainingError(
+                f"{ckpt}: found by processes {[i for i, f in enumerate(found) if f == '1']} but not by "
+                f"{[i for i, f in enumerate(found) if f == '0']}; every process reads the checkpoint "
+                "(a shared folder, or a copy at the same path on every host)"
+            )
+    with distributed.together(procs, "setting up the trainer"):
+        if resumed:
+            trainer = Trainer.resume(ckpt, dataset, out_dir=out_dir, log=log, progress=progress)
+            cfg = trainer.cfg
+            log(f"resumed {ckpt} at step {trainer.pos.step} ({trainer.pos.elapsed:.1f} s of budget used)")
+        else:
+            trainer = Trainer(cfg, dataset, out_dir=out_dir, log=log, progress=progress)
+    if procs is not None and resumed:
+        steps = procs.all_values(str(trainer.pos.step), "the resume check")
+        if len(set(steps)) > 1:
+            raise TrainingError(f"{ckpt}: the processes resumed at different steps {steps} (copies that differ)")
     trainer.run(on_log=on_log)
     trainer.save_checkpoint(ckpt)
     model = trainer.model.exact()  # static-shape runs train in padded buffers
-    save_model(model, out_dir / "model.npz", cfg)
+    if writer:
+        save_model(model, out_dir / "model.npz", cfg)
 
     summary = {
         "framework": "jax",
@@ -95,22 +119,38 @@ def train_run(
         "history": [dataclasses.asdict(p) for p in trainer.history],
         "rays_per_s": _steady_rays_per_s(trainer),
     }
+    if procs is not None:
+        summary["processes"] = procs.count
     summary["peak_rss_train_bytes"] = peak_rss_bytes()
-    if evaluate:
-        trainer.drop_executables()
-        release_host_memory()
-        test = dataset["test"]
-        results, render_s = evaluate_split(
-            model, test, out_dir / "eval", eval_views(test, cfg), lpips=lpips
-        )
-        summary["eval"] = results.to_json_dict()
-        summary["eval_render_seconds"] = round(render_s, 3)
-    summary["peak_rss_bytes"] = peak_rss_bytes()
-    summary["device"] = device_info()["device"]
-    summary["cpu_dispatch"] = cpu_dispatch()
-    summary.update(device_peak_bytes())
-    write_json(out_dir / "run.json", summary)
+    # process 0 evaluates and writes alone; the others wait for it, so that no process leaves the
+    # distributed runtime while it still works (and they fail too if it fails)
+    with distributed.together(procs, "evaluating and writing the run", timeout=EVAL_WAIT_S):
+        if writer:
+            if evaluate:
+                trainer.drop_executables()
+                release_host_memory()
+                if procs is not None:  # render on this process's devices only
+                    model = dataclasses.replace(
+                        model, params=distributed.to_local(model.params), state=distributed.to_local(model.state),
+                        mesh=distributed.local_mesh(), _compiled_renders={}, _eval_caps={},
+                    )
+                test = dataset["test"]
+                results, render_s = evaluate_split(
+                    model, test, out_dir / "eval", eval_views(test, cfg), lpips=lpips
+                )
+                summary["eval"] = results.to_json_dict()
+                summary["eval_render_seconds"] = round(render_s, 3)
+            summary["peak_rss_bytes"] = peak_rss_bytes()
+            summary["device"] = device_info()["device"]
+            summary["cpu_dispatch"] = cpu_dispatch()
+            summary.update(device_peak_bytes())
+            write_json(out_dir / "run.json", summary)
     return summary
+
+
+EVAL_WAIT_S = 7 * 24 * 3600.0
+"""How long the other processes wait for process 0's evaluation (all test views of a large scene
+on a slow machine); a process 0 that dies is reported sooner by JAX's runtime."""
 
 
 def _steady_rays_per_s(trainer) -> Optional[float]:

@@ -35,6 +35,7 @@ from tensorf_common.schedule import Schedule, SchedulePosition
 
 from . import alpha_mask as am
 from . import checkpoint as ckpt
+from . import distributed
 from . import static_grid as sg
 from .model import TensoRF, buffered_alpha_mask
 from .precision import policy_from_config
@@ -127,7 +128,7 @@ class Trainer:
         self.skipped_steps = 0
         """Steps whose update was skipped as non-finite (fp16 with dynamic loss scaling)."""
         self._setup()
-        self.pos.elapsed = self.setup_seconds  # set-up counts against the budget
+        self._advance(self.setup_seconds, 0.0, agree=False)  # set-up counts against the budget
 
     @property
     def schedule(self) -> Schedule:
@@ -151,7 +152,15 @@ class Trainer:
         self.first_step_at: Optional[float] = None
         """``time.perf_counter()`` when the first step of this process had finished (None before)."""
         self.mesh = None
-        if self.tc.devices > 1:
+        self.procs = distributed.processes()
+        """This process's place among several (None: it trains alone)."""
+        self._rows: Optional[slice] = None
+        """Several processes: this process's rows of each global batch."""
+        self._unagreed = (0.0, 0.0)
+        if self.procs is not None:
+            self.mesh = distributed.global_mesh(self.tc.devices)
+            self._rows = distributed.batch_rows(self.mesh, self.tc.batch_size)
+        elif self.tc.devices > 1:
             from jax.sharding import Mesh
 
             devs = jax.devices()
@@ -393,6 +402,8 @@ class Trainer:
                 pass
             self.compiles.append(info)
             release_host_memory(clear_caches=not self.tc.static_shapes)
+            if self.procs is not None:  # compilation times differ between processes
+                self.procs.barrier("the compilation of the train step")
             self.log(f"compiled train step #{len(self.compiles)} for grid {m.grid_size}, N={sh.n_samples} in {seconds:.1f}s")
         return self._compiled[sig]
 
@@ -403,13 +414,15 @@ class Trainer:
 
     def _place(self, tree, batch: bool = False):
         """Put arrays where the step expects them: the default device, or (data parallel) the mesh,
-        replicated or split on the batch axis."""
+        replicated or split on the batch axis (several processes: from this process's rows)."""
         if self.mesh is None:
             return tree
         from jax.sharding import NamedSharding, PartitionSpec as P
 
-        spec = P("data") if batch else P()
-        return jax.device_put(tree, NamedSharding(self.mesh, spec))
+        sharding = NamedSharding(self.mesh, P("data") if batch else P())
+        if self.procs is not None:
+            return distributed.to_global(tree, sharding, self.tc.batch_size if batch else None)
+        return jax.device_put(tree, sharding)
 
     def _hyper(self) -> dict:
         sched, p, tc = self.schedule, self.pos, self.tc
@@ -425,7 +438,9 @@ class Trainer:
         } | ({"n_samples": jnp.int32(self.shape.n_active)} if tc.static_shapes else {})
 
     def _step_args(self, idx: np.ndarray):
-        o, d, rgb = self.train_split.batch(idx)
+        """The step's arguments for the global batch ``idx`` (every process draws the same one
+        and loads only its own rows)."""
+        o, d, rgb = self.train_split.batch(idx if self._rows is None else idx[self._rows])
         key = jax.random.fold_in(self.key, self.pos.step + 1)
         if self.mesh is not None:
             self.model.params = self._place(self.model.params)
@@ -438,15 +453,28 @@ class Trainer:
                 jnp.asarray(rgb), key, self._hyper())
 
     # ------------------------------------------------------------------ clocks
-    def _tick(self, training: bool) -> None:
+    def _tick(self, training: bool, agree: bool = True) -> None:
         """Advance the budget clock to now; the schedule clock too if the time since the last tick
         was spent in training steps."""
         now = time.perf_counter()
         dt = now - self._clock
         self._clock = now
-        self.pos.elapsed += dt
-        if training:
-            self.pos.train_seconds += dt
+        self._advance(dt, dt if training else 0.0, agree)
+
+    def _advance(self, seconds: float, train_seconds: float, agree: bool = True) -> None:
+        """Move the budget clock by ``seconds`` and the schedule clock by ``train_seconds``. With
+        several processes the schedule's decisions (events, learning rates, the end of the budget)
+        must be the same everywhere: every process moves by process 0's times, and only at agreement
+        points (host syncs and events); in between the clocks stand still."""
+        if self.procs is not None:
+            seconds, train_seconds = self._unagreed[0] + seconds, self._unagreed[1] + train_seconds
+            self._unagreed = (seconds, train_seconds)
+            if not agree:
+                return
+            seconds, train_seconds = self.procs.from_leader((seconds, train_seconds))
+            self._unagreed = (0.0, 0.0)
+        self.pos.elapsed += seconds
+        self.pos.train_seconds += train_seconds
 
     @contextlib.contextmanager
     def _overhead(self):
@@ -542,11 +570,12 @@ class Trainer:
             self.model.params, self.opt_state, metrics = compiled(*args)
             window.append(metrics)
             p.step += 1
-            if p.step % SYNC_EVERY == 0 or p.step % tc.log_every == 0 or self.first_step_at is None:
+            synced = p.step % SYNC_EVERY == 0 or p.step % tc.log_every == 0 or self.first_step_at is None
+            if synced:
                 jax.block_until_ready(metrics["total"])
                 if self.first_step_at is None:
                     self.first_step_at = time.perf_counter()
-            self._tick(training=True)
+            self._tick(training=True, agree=synced)
             if bar is not None:
                 bar.update(1)
             reconfigured = False
@@ -565,7 +594,7 @@ class Trainer:
                     on_log(point)
                 if bar is not None and point is not None:
                     bar.set_postfix(psnr=f"{point.psnr:.2f}", grid="x".join(map(str, self.model.grid_size)))
-                self._tick(training=True)
+                self._tick(training=True, agree=False)
             if reconfigured or self._pending_recompile:
                 with self._overhead():
                     if reconfigured:
@@ -726,9 +755,16 @@ class Trainer:
         return ScaledState(adam_state, scale)
 
     def save_checkpoint(self, path: Optional[Path] = None) -> Path:
-        """Write the run to ``path`` (default ``out_dir/checkpoint.npz``), atomically."""
+        """Write the run to ``path`` (default ``out_dir/checkpoint.npz``), atomically. With several
+        processes every one gathers the state and process 0 writes it."""
         path = Path(path) if path is not None else Path(self.out_dir) / "checkpoint.npz"
-        return ckpt.save_checkpoint(path, self.state_dict())
+        state = self.state_dict()
+        if self.procs is None:
+            return ckpt.save_checkpoint(path, state)
+        if self.procs.is_writer:
+            ckpt.save_checkpoint(path, state)
+        self.procs.barrier("the checkpoint write")
+        return path
 
     @classmethod
     def resume(cls, path: Path, dataset, **kwargs) -> "Trainer":

@@ -54,6 +54,21 @@ class Train:
     progress: bool = True
     """Show a progress bar while stderr is a terminal (a redirected run logs the periodic step lines
     only)."""
+    distributed: bool = False
+    """Train on several processes (hosts) with JAX's distributed runtime: start the same command on
+    every host; the mesh spans every process's devices (config.train.devices left at 1 becomes their
+    total), each process loads the dataset at --data and feeds its share of each batch, process 0
+    alone writes --out. On CPU the processes exchange gradients over gloo."""
+    coordinator: Optional[str] = None
+    """With --distributed: HOST:PORT of process 0, where JAX's coordinator listens (the same on
+    every process); default: detected from SLURM, Open MPI or a cloud TPU environment."""
+    num_processes: Optional[int] = None
+    """With --distributed: the number of processes; default: detected like --coordinator."""
+    process_id: Optional[int] = None
+    """With --distributed: this process's id, 0 .. N-1 (0 writes the run folder); default:
+    detected like --coordinator."""
+    connect_timeout: float = 120.0
+    """With --distributed: seconds to wait for every process to connect before giving up (exit 2)."""
     config: ExperimentConfig = dataclasses.field(default_factory=lambda: preset("cpu"))
     """Every setting; the preset's values are the defaults."""
 
@@ -79,15 +94,35 @@ class Train:
         from jax_tensorf.run import train_run
 
         cfg = self.resolved_config()
-        data_dir = resolve_data_dir(self.data)
-        out = self.out or Path("runs") / f"{self.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-        if self.resume and not (Path(out) / "checkpoint.npz").exists():
-            raise ConfigError(f"--resume: {out}/checkpoint.npz does not exist")
-        print(f"training ({self.preset}) on {data_dir} -> {out}", file=sys.stderr)
+        procs = None
+        if self.distributed:
+            import jax
+
+            from jax_tensorf.distributed import initialize
+
+            procs = initialize(self.coordinator, self.num_processes, self.process_id, timeout=self.connect_timeout)
+            if cfg.train.devices == 1:  # the default: every device of every process
+                cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, devices=jax.device_count()))
+        from jax_tensorf.distributed import together
+
+        with together(procs, "checking the options"):
+            if procs is not None and self.out is None:
+                raise ConfigError("--out: give the run folder with --distributed (the same path on every process)")
+            data_dir = resolve_data_dir(self.data)
+            out = self.out or Path("runs") / f"{self.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+            if self.resume and not (Path(out) / "checkpoint.npz").exists():
+                raise ConfigError(f"--resume: {out}/checkpoint.npz does not exist")
+        quiet = procs is not None and not procs.is_writer
+        where = "" if procs is None else f" as process {procs.index} of {procs.count}"
+        print(f"training ({self.preset}) on {data_dir} -> {out}{where}", file=sys.stderr)
         summary = train_run(
             cfg, data_dir, out, resume=self.resume, evaluate=self.eval, lpips=self.lpips,
-            progress=self.progress and sys.stderr.isatty(),
+            progress=self.progress and sys.stderr.isatty() and not quiet,
+            **({"log": lambda s: None} if quiet else {}),
         )
+        if quiet:
+            print(f"steps {summary['steps']}; process 0 wrote the run folder")
+            return 0
         print(
             f"steps {summary['steps']}, trained {summary['train_seconds']:.1f} s, "
             f"{summary['rays_per_s'] or 0:.0f} rays/s, grid {'x'.join(map(str, summary['grid_size']))}, "
