@@ -84,7 +84,7 @@ class Processes:
     def from_leader(self, values: Sequence[float], timeout: float = PEER_TIMEOUT_S) -> tuple[float, ...]:
         """Process 0's ``values`` on every process (process 0 does not wait)."""
         if self.is_writer:
-            n = self._publish(json.dumps([float(v) for v in values]))
+            self._publish(json.dumps([float(v) for v in values]))
             return tuple(float(v) for v in values)
         n = next(_sequence)
         return tuple(json.loads(self._read(n, 0, timeout, "the clock agreement")))
@@ -218,6 +218,8 @@ def initialize(
         return Processes(jax.process_index(), jax.process_count())
     if xla_bridge.backends_are_initialized():
         raise ConfigError("--distributed: JAX's backend already exists in this process; join the run before using JAX")
+    if not timeout > 0:
+        raise ConfigError(f"--connect-timeout: must be positive, got {timeout}")
     _check_arguments(coordinator, num_processes, process_id)
     if "jax_cpu_collectives_implementation" in jax.config.values:  # cross-process collectives on CPU
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

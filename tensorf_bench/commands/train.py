@@ -58,7 +58,8 @@ class Train:
     """Train on several processes (hosts) with JAX's distributed runtime: start the same command on
     every host; the mesh spans every process's devices (config.train.devices left at 1 becomes their
     total), each process loads the dataset at --data and feeds its share of each batch, process 0
-    alone writes --out. On CPU the processes exchange gradients over gloo."""
+    alone writes --out (required; the same path on every process, where --resume reads the
+    checkpoint). On CPU the processes exchange gradients over gloo."""
     coordinator: Optional[str] = None
     """With --distributed: HOST:PORT of process 0, where JAX's coordinator listens (the same on
     every process); default: detected from SLURM, Open MPI or a cloud TPU environment."""
