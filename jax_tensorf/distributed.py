@@ -216,7 +216,7 @@ def initialize(
 
     if getattr(jd.global_state, "client", None) is not None:
         return Processes(jax.process_index(), jax.process_count())
-    if xla_bridge.backends_are_initialized():
+    if getattr(xla_bridge, "backends_are_initialized", lambda: False)():
         raise ConfigError("--distributed: JAX's backend already exists in this process; join the run before using JAX")
     if not timeout > 0:
         raise ConfigError(f"--connect-timeout: must be positive, got {timeout}")
@@ -241,7 +241,7 @@ def initialize(
         try:
             # JAX's own deadline comes after the watchdog's: its expiry aborts the process
             jax.distributed.initialize(coordinator, num_processes, process_id, initialization_timeout=int(timeout) + 60)
-        except (ValueError, TypeError) as exc:  # nothing given and nothing detected
+        except (ValueError, TypeError, RuntimeError) as exc:  # e.g. nothing given and nothing detected
             raise ConfigError(
                 f"--distributed: {exc} (give --coordinator HOST:PORT, --num-processes N and --process-id I, or "
                 "run under SLURM, Open MPI or on a cloud TPU, where JAX detects them)"
