@@ -267,11 +267,14 @@ def compile_train_step(cfg: ExperimentConfig, grid, batch: int, dtype: str = "fp
 def compile_sharded_train_step(cfg: ExperimentConfig, grid, batch: int, n_devices: int, size=None):
     """The data-parallel train step (``training.make_sharded_step``) over the first ``n_devices``
     devices: the global batch split on the batch axis, parameters and Adam replicated. With one
-    device it is the same shard_map step on a one-device mesh, so the ratios measure the sharding."""
+    device it is the same shard_map step on a one-device mesh, so the ratios measure the sharding.
+    In a multi-process run (``devices_worker.py``) the mesh spans every process's devices and each
+    process feeds its own rows of the same global batch (``jax_tensorf.distributed``)."""
     import jax
     import jax.numpy as jnp
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+    from jax_tensorf import distributed
     from jax_tensorf import step as training
 
     if batch % n_devices:
@@ -280,19 +283,31 @@ def compile_sharded_train_step(cfg: ExperimentConfig, grid, batch: int, n_device
     n = train_n_samples(m.grid_size, cfg.render.step_ratio, cfg.render.max_samples)
     opts = m.render_options(n, train=True, sample_capacity=None, app_capacity=None)
     adam = training.make_adam(cfg.train)
-    mesh = Mesh(np.array(jax.devices()[:n_devices]), ("data",))
+    procs = distributed.processes()
+    if procs is None:
+        mesh = Mesh(np.array(jax.devices()[:n_devices]), ("data",))
+        rows = slice(None)
+    else:
+        mesh = distributed.global_mesh(n_devices)
+        rows = distributed.batch_rows(mesh, batch)
     rep, split = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    def put(x, sharding):
+        if procs is None:
+            return jax.device_put(x, sharding)
+        return distributed.to_global(x, sharding, batch if sharding is split else None)
+
     o, d = make_rays(batch, seed=2)
     rgb = np.random.default_rng(3).random((batch, 3), dtype=np.float32)
     args = (
-        jax.device_put(m.params, rep),
-        jax.device_put(adam.init(m.params), rep),
-        jax.device_put(m.state, rep),
-        jax.device_put(jnp.asarray(o), split),
-        jax.device_put(jnp.asarray(d), split),
-        jax.device_put(jnp.asarray(rgb), split),
-        jax.device_put(jax.random.PRNGKey(1), rep),
-        jax.device_put(hyper(cfg.train), rep),
+        put(m.params, rep),
+        put(adam.init(m.params), rep),
+        put(m.state, rep),
+        put(jnp.asarray(o[rows]), split),
+        put(jnp.asarray(d[rows]), split),
+        put(jnp.asarray(rgb[rows]), split),
+        put(jax.random.PRNGKey(1), rep),
+        put(hyper(cfg.train), rep),
     )
     step = training.make_sharded_step(mesh, cfg=cfg.field, opts=opts, variant=cfg.render.vmap_variant,
                                       reg=training.RegFlags(l1=True), adam=adam)

@@ -36,6 +36,7 @@ from tensorf_common.training_log import LogPoint, log_line, progress_bar
 
 from . import alpha_mask as am
 from . import checkpoint as ckpt
+from . import distributed
 from . import static_grid as sg
 from .model import TensoRF, buffered_alpha_mask
 from .precision import policy_from_config
@@ -99,7 +100,8 @@ class Trainer:
         self.skipped_steps = 0
         """Steps whose update was skipped as non-finite (fp16 with dynamic loss scaling)."""
         self._setup()
-        self.pos.elapsed = self.setup_seconds  # set-up counts against the budget
+        # set-up counts against the budget (with several processes, process 0's)
+        self.pos.elapsed = self.setup_seconds if self.procs is None else self.procs.from_leader((self.setup_seconds,))[0]
 
     @property
     def schedule(self) -> Schedule:
@@ -121,12 +123,21 @@ class Trainer:
         self._pending_recompile = False
         self._clock: Optional[TrainingClock] = None
         self._checkpoint_clock: Optional[float] = None
-        """The training clock's reading (``_clock.last``) when this process last wrote the checkpoint or
-        started :meth:`run`: the periodic checkpoint (``checkpoint_minutes``) counts from it."""
+        """The budget clock (``pos.elapsed``, the same on every process) when the checkpoint was last
+        written or :meth:`run` started: the periodic checkpoint (``checkpoint_minutes``) counts from it."""
         self.first_step_at: Optional[float] = None
         """``time.perf_counter()`` when the first step of this process had finished (None before)."""
+        self.interrupted = False
+        """:meth:`run` stopped early on a Ctrl-C (the run is whole up to its last step)."""
         self.mesh = None
-        if self.tc.devices > 1:
+        self.procs = distributed.processes()
+        """This process's place among several (None: it trains alone)."""
+        self._rows: Optional[slice] = None
+        """Several processes: this process's rows of each global batch."""
+        if self.procs is not None:
+            self.mesh = distributed.global_mesh(self.tc.devices)
+            self._rows = distributed.batch_rows(self.mesh, self.tc.batch_size)
+        elif self.tc.devices > 1:
             from jax.sharding import Mesh
 
             devs = jax.devices()
@@ -364,6 +375,8 @@ class Trainer:
                 pass
             self.compiles.append(info)
             release_host_memory(clear_caches=not self.tc.static_shapes)
+            if self.procs is not None:  # compilation times differ between processes
+                self.procs.barrier("the compilation of the train step")
             self.log(f"compiled train step #{len(self.compiles)} for grid {m.grid_size}, N={sh.n_samples} in {seconds:.1f}s")
         return self._compiled[sig]
 
@@ -374,13 +387,15 @@ class Trainer:
 
     def _place(self, tree, batch: bool = False):
         """Put arrays where the step expects them: the default device, or (data parallel) the mesh,
-        replicated or split on the batch axis."""
+        replicated or split on the batch axis (several processes: from this process's rows)."""
         if self.mesh is None:
             return tree
         from jax.sharding import NamedSharding, PartitionSpec as P
 
-        spec = P("data") if batch else P()
-        return jax.device_put(tree, NamedSharding(self.mesh, spec))
+        sharding = NamedSharding(self.mesh, P("data") if batch else P())
+        if self.procs is not None:
+            return distributed.to_global(tree, sharding, self.tc.batch_size if batch else None)
+        return jax.device_put(tree, sharding)
 
     def _hyper(self) -> dict:
         sched, p, tc = self.schedule, self.pos, self.tc
@@ -396,7 +411,9 @@ class Trainer:
         } | ({"n_samples": jnp.int32(self.shape.n_active)} if tc.static_shapes else {})
 
     def _step_args(self, idx: np.ndarray):
-        o, d, rgb = self.train_split.batch(idx)
+        """The step's arguments for the global batch ``idx`` (every process draws the same one
+        and loads only its own rows)."""
+        o, d, rgb = self.train_split.batch(idx if self._rows is None else idx[self._rows])
         key = jax.random.fold_in(self.key, self.pos.step + 1)
         if self.mesh is not None:
             self.model.params = self._place(self.model.params)
@@ -409,8 +426,17 @@ class Trainer:
                 jnp.asarray(rgb), key, self._hyper())
 
     # ------------------------------------------------------------------ clocks
-    def _tick(self, training: bool) -> None:
-        self._clock.tick(training)
+    def _stop_requested(self) -> bool:
+        """A Ctrl-C asked to stop (:mod:`tensorf_common.interrupt`); with several processes process
+        0's answer, so that all stop at the same step. Sets :attr:`interrupted`."""
+        stop = stop_requested()
+        if self.procs is not None:
+            stop = bool(self.procs.from_leader((float(stop),))[0])
+        self.interrupted = self.interrupted or stop
+        return stop
+
+    def _tick(self, training: bool, agree: bool = True) -> None:
+        self._clock.tick(training, agree)
 
     def _overhead(self):
         """Work that is not training (events, compilation, checkpoints): the steps dispatched before
@@ -491,26 +517,27 @@ class Trainer:
         bar = progress_bar(None if sched.uses_time else tc.n_iters, self.progress)
         if bar is not None:
             bar.update(p.step)
-        self._clock = TrainingClock(p, lambda: time.perf_counter())
-        self._checkpoint_clock = self._clock.last
-        if stop_requested():  # a Ctrl-C during set-up: do not compile for nothing
+        self._clock = TrainingClock(p, lambda: time.perf_counter(), None if self.procs is None else self.procs.from_leader)
+        self._checkpoint_clock = p.elapsed
+        if self._stop_requested():  # a Ctrl-C during set-up: do not compile for nothing
             return self
         compiled = self._step_fn()
         self._tick(training=False)
         window: list = []
         window_t0, window_step0 = p.train_seconds, p.step
         while not sched.done(p) and (max_steps is None or p.step - start_step < max_steps):
-            if stop_requested():  # Ctrl-C (tensorf_common.interrupt): the caller keeps the run
-                break
+            if (self.procs is None or p.step % SYNC_EVERY == 0) and self._stop_requested():
+                break  # Ctrl-C (tensorf_common.interrupt): the caller keeps the run
             args = self._step_args(self.sampler.next())
             self.model.params, self.opt_state, metrics = compiled(*args)
             window.append(metrics)
             p.step += 1
-            if p.step % SYNC_EVERY == 0 or p.step % tc.log_every == 0 or self.first_step_at is None:
+            synced = p.step % SYNC_EVERY == 0 or p.step % tc.log_every == 0 or self.first_step_at is None
+            if synced:
                 jax.block_until_ready(metrics["total"])
                 if self.first_step_at is None:
                     self.first_step_at = time.perf_counter()
-            self._tick(training=True)
+            self._tick(training=True, agree=synced)
             if bar is not None:
                 bar.update(1)
             reconfigured = False
@@ -529,7 +556,7 @@ class Trainer:
                     on_log(point)
                 if bar is not None and point is not None:
                     bar.set_postfix(psnr=f"{point.psnr:.2f}", grid="x".join(map(str, self.model.grid_size)))
-                self._tick(training=True)
+                self._tick(training=True, agree=False)
             if reconfigured or self._pending_recompile:
                 with self._overhead():
                     if reconfigured:
@@ -551,7 +578,7 @@ class Trainer:
         tc = self.tc
         if tc.checkpoint_every and self.pos.step % tc.checkpoint_every == 0:
             return True
-        return bool(tc.checkpoint_minutes) and self._clock.last - self._checkpoint_clock >= 60.0 * tc.checkpoint_minutes
+        return bool(tc.checkpoint_minutes) and self.pos.elapsed - self._checkpoint_clock >= 60.0 * tc.checkpoint_minutes
 
     def _log_window(self, window: list, seconds: float, steps: int) -> Optional[LogPoint]:
         if not window:
@@ -695,11 +722,16 @@ class Trainer:
         return ScaledState(adam_state, scale)
 
     def save_checkpoint(self, path: Optional[Path] = None) -> Path:
-        """Write the run to ``path`` (default ``out_dir/checkpoint.npz``), atomically."""
+        """Write the run to ``path`` (default ``out_dir/checkpoint.npz``), atomically. With several
+        processes every one gathers the state and process 0 writes it."""
         path = Path(path) if path is not None else Path(self.out_dir) / "checkpoint.npz"
-        saved = ckpt.save_checkpoint(path, self.state_dict())
-        self._checkpoint_clock = self._clock.last if self._clock is not None else None
-        return saved
+        state = self.state_dict()
+        if self.procs is None or self.procs.is_writer:
+            ckpt.save_checkpoint(path, state)
+        if self.procs is not None:
+            self.procs.barrier("the checkpoint write")
+        self._checkpoint_clock = self.pos.elapsed
+        return path
 
     @classmethod
     def resume(cls, path: Path, dataset, **kwargs) -> "Trainer":

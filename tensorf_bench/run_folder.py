@@ -67,12 +67,19 @@ def run_folder(out: Path, *, resume: bool = False, overwrite: bool = False, chec
     did not exist before and holds no run (no checkpoint, model or run.json), it is removed."""
     out = Path(out)
     check_run_folder(out, resume=resume, overwrite=overwrite, checkpoint=checkpoint)
-    existed = out.exists()
+    with removed_on_failure(out, existed=out.exists()):
+        yield out
+
+
+@contextlib.contextmanager
+def removed_on_failure(out: Path, existed: bool) -> Iterator[Path]:
+    """The block; if it fails and ``out`` did not exist before it (``existed``) and holds no run,
+    ``out`` is removed: a folder this run created and left without a run in it (at most the
+    TensorBoard events of a failed set-up) would only block the next attempt with the same --out."""
+    out = Path(out)
     try:
         yield out
     except BaseException:
-        # a folder this run created and left without a run in it (at most the TensorBoard events of
-        # a failed set-up) would only block the next attempt with the same --out
         if not existed and out.is_dir() and not run_files(out):
             shutil.rmtree(out)
         raise

@@ -171,19 +171,36 @@ class TrainingClock:
     """Moves a position's two clocks by a timer's readings: the budget clock (``elapsed``) always,
     the schedule clock (``train_seconds``) by the time spent in training steps."""
 
-    def __init__(self, pos: SchedulePosition, timer: Callable[[], float]):
-        self.pos, self.timer = pos, timer
+    def __init__(
+        self,
+        pos: SchedulePosition,
+        timer: Callable[[], float],
+        agree: Optional[Callable[[tuple[float, float]], tuple[float, ...]]] = None,
+    ):
+        self.pos, self.timer, self.agree = pos, timer, agree
+        """``agree``: with several processes, maps this process's ``(seconds, train_seconds)`` to the
+        values every process moves by (process 0's), so that the schedule's decisions agree."""
         self.last = timer()
+        self._unagreed = (0.0, 0.0)
 
-    def tick(self, training: bool) -> None:
+    def tick(self, training: bool, agree: bool = True) -> None:
         """Advance the budget clock to now; the schedule clock too if the time since the last tick
-        was spent in training steps."""
+        was spent in training steps. With an ``agree`` function the clocks move only at ticks with
+        ``agree`` (host syncs, events: every process reaches the same ones); in between they stand
+        still and the time is carried."""
         now = self.timer()
         dt = now - self.last
         self.last = now
-        self.pos.elapsed += dt
-        if training:
-            self.pos.train_seconds += dt
+        seconds, train_seconds = dt, (dt if training else 0.0)
+        if self.agree is not None:
+            seconds, train_seconds = self._unagreed[0] + seconds, self._unagreed[1] + train_seconds
+            self._unagreed = (seconds, train_seconds)
+            if not agree:
+                return
+            seconds, train_seconds = self.agree((seconds, train_seconds))
+            self._unagreed = (0.0, 0.0)
+        self.pos.elapsed += seconds
+        self.pos.train_seconds += train_seconds
 
     @contextlib.contextmanager
     def overhead(self, sync: Callable[[], None]) -> Iterator[None]:

@@ -76,6 +76,22 @@ class Train:
     progress: bool = True
     """Show a progress bar while stderr is a terminal (a redirected run logs the periodic step lines
     only)."""
+    distributed: bool = False
+    """Train on several processes (hosts) with JAX's distributed runtime: start the same command on
+    every host; the mesh spans every process's devices (config.train.devices left at 1 becomes their
+    total), each process loads the dataset at --data and feeds its share of each batch, process 0
+    alone writes --out (required; the same path on every process, where --resume reads the
+    checkpoint). On CPU the processes exchange gradients over gloo."""
+    coordinator: Optional[str] = None
+    """With --distributed: HOST:PORT of process 0, where JAX's coordinator listens (the same on
+    every process); default: detected from SLURM, Open MPI or a cloud TPU environment."""
+    num_processes: Optional[int] = None
+    """With --distributed: the number of processes; default: detected like --coordinator."""
+    process_id: Optional[int] = None
+    """With --distributed: this process's id, 0 .. N-1 (0 writes the run folder); default:
+    detected like --coordinator."""
+    connect_timeout: float = 120.0
+    """With --distributed: seconds to wait for every process to connect before giving up (exit 2)."""
     config: ExperimentConfig = dataclasses.field(default_factory=lambda: preset("cpu"))
     """Every setting; the preset's values are the defaults."""
 
@@ -96,28 +112,57 @@ class Train:
         return dataclasses.replace(cfg, train=train)
 
     def run(self) -> int:
+        import contextlib
+
         from tensorf_common.data.scene_cache import resolve_data_dir
 
-        from tensorf_bench.run_folder import run_folder
+        from tensorf_bench.run_folder import check_run_folder, removed_on_failure
 
         cfg = self.resolved_config()
         if self.framework == "torch":
             from torch_reference.run import train_run
             from torch_reference.training import check_supported
 
+            if self.distributed:
+                raise ConfigError("--distributed: the torch reference trains on one process; use --framework jax")
             check_supported(cfg)  # before anything is read or written
         else:
             from jax_tensorf.run import train_run
 
-        data_dir = resolve_data_dir(self.data)
-        out = self.out or Path("runs") / f"{self.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+        procs = None
+        together = lambda procs, what: contextlib.nullcontext()  # noqa: E731 (one process: no agreement)
+        if self.distributed:
+            import jax
+
+            from jax_tensorf.distributed import initialize, together
+
+            procs = initialize(self.coordinator, self.num_processes, self.process_id, timeout=self.connect_timeout)
+            if cfg.train.devices == 1:  # the default: every device of every process
+                cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, devices=jax.device_count()))
+        writer = procs is None or procs.is_writer
         checkpoint = RUN_FILES[self.framework][0]
-        with run_folder(out, resume=self.resume, overwrite=self.overwrite, checkpoint=checkpoint):
-            print(f"training {self.framework} ({self.preset}) on {data_dir} -> {out}", file=sys.stderr)
+        with together(procs, "checking the options"):
+            if procs is not None and self.out is None:
+                raise ConfigError("--out: give the run folder with --distributed (the same path on every process)")
+            data_dir = resolve_data_dir(self.data)
+            out = Path(self.out or Path("runs") / f"{self.preset}-{datetime.datetime.now():%Y%m%d-%H%M%S}")
+            existed = out.exists()
+            if writer:  # only process 0 may delete an old run (--overwrite)
+                check_run_folder(out, resume=self.resume, overwrite=self.overwrite, checkpoint=checkpoint)
+            elif self.resume and not (out / checkpoint).is_file():
+                raise ConfigError(f"--resume: {out}/{checkpoint} does not exist")
+        quiet = not writer
+        where = "" if procs is None else f" as process {procs.index} of {procs.count}"
+        print(f"training {self.framework} ({self.preset}) on {data_dir} -> {out}{where}", file=sys.stderr)
+        with removed_on_failure(out, existed) if writer else contextlib.nullcontext():
             summary = train_run(
                 cfg, data_dir, out, resume=self.resume, evaluate=self.eval, lpips=self.lpips,
-                progress=self.progress and sys.stderr.isatty(), tensorboard=self.tensorboard,
+                progress=self.progress and sys.stderr.isatty() and not quiet, tensorboard=self.tensorboard,
+                **({"log": lambda s: None} if quiet else {}),
             )
+        if quiet:
+            print(f"steps {summary['steps']}; process 0 wrote the run folder")
+            return 0
         print(
             f"steps {summary['steps']}, trained {summary['train_seconds']:.1f} s, "
             f"{summary['rays_per_s'] or 0:.0f} rays/s, grid {'x'.join(map(str, summary['grid_size']))}, "
