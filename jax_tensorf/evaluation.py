@@ -14,23 +14,35 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from tensorf_common.evaluation import EvalResults, evaluate_images, write_metrics
-from tensorf_common.images import to_uint8, write_png
+from tensorf_common.images import to_uint8, write_depth_png, write_png
 
+from .eval_render import RenderStats, camera_rays, render_chunked
 from .model import TensoRF
 
 
 def render_view(model: TensoRF, split, view: int, chunk: Optional[int] = None) -> dict[str, np.ndarray]:
     """``{"rgb": (H, W, 3), "depth": (H, W), "acc": (H, W)}`` of one view of a split."""
-    o, d = split.view_rays(view)
-    out = model.render_chunks(o, d, chunk=chunk, want_depth=True)
+    return render_views(model, split, [view], chunk=chunk)[0]
+
+
+MAX_GROUP_RAYS = 1 << 21
+"""Views are rendered together up to this many rays: 16 chunks of the largest chunk size
+(:data:`jax_tensorf.eval_render.CHUNK_LIMITS`), so that padding the last chunk costs little, while the
+group's rays, indices and outputs (under 100 bytes per ray) stay near 200 MB."""
+
+
+def render_views(
+    model: TensoRF, split, views: Sequence[int], chunk: Optional[int] = None, stats: Optional[RenderStats] = None
+) -> list[dict[str, np.ndarray]]:
+    """Render views of a split in one :func:`jax_tensorf.eval_render.render_chunked` call: their rays
+    are made on the device from the split's pixel directions and cameras, and the chunks span view
+    boundaries. Returns one ``render_view`` dict per view."""
+    views = [split._check_view(v) for v in views]
     H, W = split.height, split.width
-    return {k: v.reshape(H, W, *v.shape[1:]) for k, v in out.items()}
-
-
-def depth_to_u8(depth: np.ndarray, near: float, far: float) -> np.ndarray:
-    """Distance -> 8-bit grey, near white, far black."""
-    t = np.clip((np.asarray(depth) - near) / max(far - near, 1e-6), 0.0, 1.0)
-    return np.round((1.0 - t) * 255.0).astype(np.uint8)
+    source = camera_rays(split.directions(), split.c2w[views])
+    out = render_chunked(model, source, chunk=chunk, want_depth=True, stats=stats)
+    return [{k: v[i * H * W : (i + 1) * H * W].reshape(H, W, *v.shape[1:]) for k, v in out.items()}
+            for i in range(len(views))]
 
 
 def lpips_functions(enabled: bool = True) -> dict:
@@ -55,31 +67,40 @@ def evaluate_split(
 ) -> tuple[EvalResults, float]:
     """Render ``views`` (default: all) of ``split``, compute the metrics, and write
     ``out_dir/<frame>.png``, ``out_dir/depth/<frame>.png``, ``metrics.json`` and ``metrics.csv``.
-    Returns the results and the render seconds."""
+    Returns the results and the render seconds. Views are rendered in groups of up to
+    :data:`MAX_GROUP_RAYS` rays (``progress`` is called per view as its group is done); the render
+    seconds exclude compilation, which the settings record apart (``eval_compile_seconds``)."""
     views = list(range(split.n_views)) if views is None else [int(v) for v in views]
     preds, gts, names = [], [], []
-    render_s = 0.0
+    stats = RenderStats()
+    wall = 0.0
     out_dir = Path(out_dir) if out_dir is not None else None
-    for i, v in enumerate(views):
+    per_group = max(1, MAX_GROUP_RAYS // split.n_pixels)
+    done = 0
+    for g in range(0, len(views), per_group):
+        group = views[g : g + per_group]
         t0 = time.perf_counter()
-        out = render_view(model, split, v)
-        render_s += time.perf_counter() - t0
-        name = split.frame_names[v]
-        preds.append(out["rgb"])
-        gts.append(split.rgb(v))
-        names.append(name)
-        if out_dir is not None and write_images:
-            (out_dir / "depth").mkdir(parents=True, exist_ok=True)
-            write_png(out_dir / f"{name}.png", to_uint8(out["rgb"]))
-            d8 = depth_to_u8(out["depth"], *model.near_far)
-            write_png(out_dir / "depth" / f"{name}.png", np.repeat(d8[..., None], 3, axis=-1))
-        if progress is not None:
-            progress(i + 1, len(views))
+        outs = render_views(model, split, group, stats=stats)
+        wall += time.perf_counter() - t0
+        for v, out in zip(group, outs):
+            name = split.frame_names[v]
+            preds.append(out["rgb"])
+            gts.append(split.rgb(v))
+            names.append(name)
+            if out_dir is not None and write_images:
+                (out_dir / "depth").mkdir(parents=True, exist_ok=True)
+                write_png(out_dir / f"{name}.png", to_uint8(out["rgb"]))
+                write_depth_png(out_dir / "depth" / f"{name}.png", out["depth"], *model.near_far)
+            done += 1
+            if progress is not None:
+                progress(done, len(views))
+    render_s = wall - stats.compile_seconds
     info = {
         "backend": "jax",
         "split": split.name,
         "views": views,
         "render_seconds": round(render_s, 3),
+        **stats.as_settings(),
         "samples_per_ray": int(model.render_cfg.n_samples_eval or model.n_samples),
     }
     if settings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Optional, Sequence
 
 import flax.struct
@@ -22,10 +23,10 @@ from tensorf_common.config import ConfigError, FieldConfig, RenderConfig
 from tensorf_common.geometry import BLENDER_NEAR_FAR, step_size_and_n_samples
 
 from . import alpha_mask as am
-from . import fields
+from . import eval_render, fields
 from .appearance import apply_render, dot_precision, init_render_params
 from .precision import FP32, Policy
-from .rendering import RenderOptions, bucket_capacity, render_rays
+from .rendering import RenderOptions, render_rays
 from .sampling import normalize_coord
 from .static_grid import map_grids, slice_grid
 from .xla import xla_options
@@ -156,22 +157,6 @@ def _rays_hit_mask(o, d, s, *, near: float, far: float, n_samples: int):
     """One compiled mask test per (chunk, mask shape); module level, so that the many host chunks
     of a ray filter reuse it (a jit of a fresh lambda per call recompiled every call)."""
     return am.rays_hit_mask(o, d, s.aabb, near, far, s.step_size, s.mask, s.mask_aabb, n_samples, s.mask_size)
-
-
-@functools.lru_cache(maxsize=None)
-def _valid_count_fn(near: float, far: float, n_samples: int):
-    from .sampling import sample_ray
-
-    @jax.jit
-    def fn(state, o, d):
-        _, xyz, valid = sample_ray(o, d, state.aabb, near, far, state.step_size, n_samples, None)
-        valid = valid & am.query_alpha_mask(state.mask, state.mask_aabb, xyz)
-        return jnp.sum(valid)
-
-    return fn
-
-
-
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "mask_buf", "slab", "thres", "use_mask"))
@@ -324,6 +309,12 @@ class TensoRF:
         if self.mesh is not None:
             return self._render_sharded(rays_o, rays_d, opts, jitter, key, policy)
         args = (self.params, self.state, jnp.asarray(rays_o), jnp.asarray(rays_d), jitter, key)
+        return self.compiled_render(opts, args, policy)[0](*args)
+
+    def compiled_render(self, opts: RenderOptions, args: tuple, policy: Policy = FP32):
+        """The render for ``args = (params, state, rays_o, rays_d, jitter, key)`` (arrays or
+        ``jax.ShapeDtypeStruct``), compiled ahead of time once per static configuration and argument
+        shapes, and the seconds its compilation took now (0.0 when it was cached)."""
         sig = (
             opts,
             policy,
@@ -332,12 +323,14 @@ class TensoRF:
             tuple((x.shape, x.dtype) for x in jax.tree_util.tree_leaves(args)),
         )
         compiled = self._compiled_renders.get(sig)
-        if compiled is None:
-            compiled = render.lower(
-                *args, cfg=self.field_cfg, opts=opts, variant=self.render_cfg.vmap_variant, policy=policy
-            ).compile(compiler_options=xla_options("eval"))
-            self._compiled_renders[sig] = compiled
-        return compiled(*args)
+        if compiled is not None:
+            return compiled, 0.0
+        t0 = time.perf_counter()
+        compiled = render.lower(
+            *args, cfg=self.field_cfg, opts=opts, variant=self.render_cfg.vmap_variant, policy=policy
+        ).compile(compiler_options=xla_options("eval"))
+        self._compiled_renders[sig] = compiled
+        return compiled, time.perf_counter() - t0
 
     def _render_sharded(self, rays_o, rays_d, opts: RenderOptions, jitter, key, policy: Policy):
         from jax.sharding import NamedSharding, PartitionSpec as P
@@ -381,59 +374,23 @@ class TensoRF:
         n_samples: Optional[int] = None,
         want_depth: bool = True,
     ) -> dict[str, np.ndarray]:
-        """Evaluation render of many rays (no jitter) in fixed-size chunks, the last one padded so
-        that one compilation serves all.
+        """Evaluation render of many rays (no jitter): ``rgb`` (R, 3), ``acc`` (R,) and, with
+        ``want_depth``, ``depth`` (R,) numpy arrays.
 
         Appearance follows ``render_cfg.eval_appearance`` (default: the official ``weight > 1e-4``
-        threshold). The rays are rendered in a fixed pseudo-random order (then put back), so every
-        chunk holds a similar share of empty space; valid samples and appearance samples are then
-        compacted to capacities sized from a probe of the rays, and a chunk that overflows either
-        capacity is rendered again with it doubled. The result always equals the uncompacted render.
+        threshold). Rays are rendered in chunks of ``chunk`` rays (default ``render_cfg.chunk``, or
+        sized from the device's free memory), all dispatched before any result is read, with valid
+        samples and appearance samples compacted to capacities that a chunk which overflows them is
+        rendered again with (:func:`jax_tensorf.eval_render.render_chunked`). The result equals the
+        uncompacted render, whatever the chunk size.
         """
-        chunk = int(chunk or self.render_cfg.chunk)
-        n = int(n_samples or self.render_cfg.n_samples_eval or self.n_samples)
-        total = rays_o.shape[0]
-        strategy = self.render_cfg.eval_appearance
-        order = np.random.default_rng(0).permutation(total)
-        rays_o, rays_d = rays_o[order], rays_d[order]
-        probe = rays_o[: min(total, chunk)], rays_d[: min(total, chunk)]
-        valid = self.count_valid_samples(*probe, n) * chunk / max(1, probe[0].shape[0])
-        cap_s = bucket_capacity(valid * 1.3 + 1024, chunk * n)
-        cap_a = min(cap_s, bucket_capacity(8 * chunk, chunk * n)) if strategy == "threshold" else None
-        caps = self._eval_caps.get((chunk, n), (cap_s, cap_a))
-        outs: dict[str, list] = {"rgb": [], "depth": [], "acc": []}
-        for start in range(0, total, chunk):
-            o = rays_o[start : start + chunk]
-            d = rays_d[start : start + chunk]
-            m = o.shape[0]
-            if m < chunk:
-                o = np.concatenate([o, np.repeat(o[-1:], chunk - m, 0)])
-                d = np.concatenate([d, np.repeat(d[-1:], chunk - m, 0)])
-            while True:
-                opts = self.render_options(
-                    n, train=False, want_depth=want_depth, sample_capacity=caps[0], app_capacity=caps[1],
-                    appearance=strategy,
-                )
-                out = self.render(o, d, opts)
-                over_s = int(out["stats"]["sample_overflow"]) > 0
-                over_a = caps[1] is not None and int(out["stats"]["app_overflow"]) > 0
-                if not (over_s or over_a):
-                    break
-                cap_s = bucket_capacity(caps[0] * 2, chunk * n) if over_s else caps[0]
-                cap_a = min(cap_s, bucket_capacity(caps[1] * 2, chunk * n)) if caps[1] is not None else None
-                caps = (cap_s, cap_a)
-            for k in outs:
-                if k in out:
-                    outs[k].append(np.asarray(out[k][:m]))
-        self._eval_caps[(chunk, n)] = caps
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(total)
-        return {k: np.concatenate(v)[inverse] for k, v in outs.items() if v}
+        return eval_render.render_chunked(
+            self, eval_render.given_rays(rays_o, rays_d), chunk=chunk, n_samples=n_samples, want_depth=want_depth
+        )
 
     def count_valid_samples(self, rays_o, rays_d, n_samples: int) -> int:
         """Samples of these rays (no jitter) inside the box and the mask: sizes capacities."""
-        fn = _valid_count_fn(self.near_far[0], self.near_far[1], int(n_samples))
-        return int(fn(self.state, jnp.asarray(rays_o), jnp.asarray(rays_d)))
+        return int(eval_render.count_valid_samples(self, rays_o, rays_d, n_samples))
 
     # ------------------------------------------------------------------ schedule operations
     def upsample(self, reso: Sequence[int]) -> None:

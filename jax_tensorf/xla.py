@@ -81,12 +81,13 @@ whatever else runs there, and chunks of a few MB, which stay in the caches, ran 
 larger ones (carving and the mask ray filter on a 2-core VM)."""
 
 
-def device_memory_available(device=None) -> int:
+def device_memory_available(device=None, host_cap: int = HOST_CHUNK_CAP_BYTES) -> int:
     """Bytes that one-off work may use on ``device`` (default: the default device).
 
-    An accelerator: its allocator's ``bytes_limit - bytes_in_use`` (``device.memory_stats()``).
-    The CPU backend, or a device without statistics: a quarter of the host's available RAM, at most
-    :data:`HOST_CHUNK_CAP_BYTES`."""
+    An accelerator: its allocator's ``bytes_limit - bytes_in_use`` (``device.memory_stats()``,
+    where ``bytes_limit`` includes JAX's preallocation). The CPU backend, or a device without
+    statistics: a quarter of the host's available RAM, at most ``host_cap`` (default
+    :data:`HOST_CHUNK_CAP_BYTES`; the evaluation render, which runs after training, allows more)."""
     dev = jax.devices()[0] if device is None else device
     if dev.platform != "cpu":
         try:
@@ -95,7 +96,7 @@ def device_memory_available(device=None) -> int:
             stats = {}
         if "bytes_limit" in stats:
             return max(0, int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0)))
-    return min(available_memory_bytes() // 4, HOST_CHUNK_CAP_BYTES)
+    return min(available_memory_bytes() // 4, int(host_cap))
 
 
 def chunk_items(
@@ -243,3 +244,4 @@ def enable_compilation_cache():
 def compilation_cache_hits() -> int:
     """Compilations served by the persistent cache so far in this process."""
     return _cache_hits[0]
+

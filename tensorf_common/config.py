@@ -143,8 +143,9 @@ class RenderConfig:
     code) or dense (the component products summed into one scalar grid per step, then a trilinear
     lookup: the same values up to rounding, 8 scalar gathers per sample instead of 18 rows of
     components, and a backward pass that scatters 8 values per sample). JAX only."""
-    chunk: int = 4096
-    """Rays per chunk when rendering whole images."""
+    chunk: Optional[int] = None
+    """Rays per chunk when rendering whole images (JAX); None = a power of two sized from the device's
+    free memory (``jax_tensorf.eval_render``)."""
     n_samples_eval: Optional[int] = None
     """Samples per ray at evaluation; None = the model's own count from the box and grid (official)."""
     depth: Literal["mean", "median"] = "mean"
@@ -157,7 +158,7 @@ class RenderConfig:
         for name in ("app_capacity", "sample_capacity"):
             v = getattr(self, name)
             _require(v is None or 0 < v <= 1, f"render.{name}: expected a fraction in (0, 1] or None, got {v}")
-        _require(self.chunk > 0, f"render.chunk: must be positive, got {self.chunk}")
+        _require(self.chunk is None or self.chunk > 0, f"render.chunk: must be positive or None, got {self.chunk}")
         _require(
             self.eval_appearance in ("all", "threshold", "topk"),
             f"render.eval_appearance: expected all, threshold or topk, got {self.eval_appearance!r}",

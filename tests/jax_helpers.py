@@ -221,3 +221,36 @@ def scatter_dtypes(stablehlo_text: str) -> list[str]:
 
     pattern = r'"stablehlo\.scatter"\(.*?\}\) : \([^\n]*?\) -> tensor<(?:[0-9]+x)*([a-z0-9]+)>'
     return re.findall(pattern, stablehlo_text, flags=re.DOTALL)
+def blob_model(grid=(12, 14, 10), render_cfg: RenderConfig | None = None):
+    """A CP model (the cheapest to compile) over ``BOX_UNIT`` with a real density blob: each of the 4
+    components is a product of three bumps, about 3.3^3 at the centre, so softplus(f - 10) reaches ~20."""
+    import jax
+    import jax.numpy as jnp
+
+    from jax_tensorf import fields
+
+    m = numpy_model(SMALL_CP_RGB, list(grid), render_cfg or RenderConfig(chunk=256))
+    rng = np.random.default_rng(0)
+    p = jax.tree.map(np.asarray, m.params)
+    centres = {0: 0.2, 1: -0.1, 2: 0.1}  # x, y, z
+    for k in range(3):
+        axis = fields.VEC_MODE[k]
+        u = np.linspace(-1, 1, grid[axis])[:, None]
+        bump = 3.3 * np.exp(-((u - centres[axis]) ** 2) / (0.15 + 0.05 * rng.random((1, 4))))
+        p["density"]["lines"][k] = bump.astype(np.float32)
+    p["app"] = jax.tree.map(lambda x: (x * 8 + 0.3).astype(np.float32), p["app"])
+    m.params = jax.tree.map(jnp.asarray, p)
+    return m
+
+
+def rays_at_box(n: int, seed: int = 0, miss=None) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rays from a sphere of radius 3.5 towards points of ``BOX_UNIT``; the rays indexed by ``miss``
+    point away from it."""
+    rng = np.random.default_rng(seed)
+    o = rng.normal(size=(n, 3))
+    o = 3.5 * o / np.linalg.norm(o, axis=1, keepdims=True)
+    d = rng.uniform(-0.8, 0.8, size=(n, 3)) - o
+    if miss is not None:
+        d[miss] = o[miss]
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return o.astype(np.float32), d.astype(np.float32)

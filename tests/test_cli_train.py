@@ -327,15 +327,16 @@ def test_an_out_folder_holding_a_run_is_refused_unless_resume_or_overwrite(train
     rc, _, err = _cli(args[:6] + [other] + args[7:] + ["--overwrite"])
     assert rc == 2 and "holds no run" in err and (other / "todo.txt").read_text() == "keep me"
 
-    real = evaluation.render_view
+    real = evaluation.render_views
 
-    def second_view_not_finite(model, split, view, chunk=None):
-        out = real(model, split, view, chunk)
-        if view == 1:
-            out["rgb"] = out["rgb"] * np.nan
-        return out
+    def second_view_not_finite(model, split, views, **kw):
+        outs = real(model, split, views, **kw)
+        for view, out in zip(views, outs):
+            if view == 1:
+                out["rgb"] = out["rgb"] * np.nan
+        return outs
 
-    monkeypatch.setattr(evaluation, "render_view", second_view_not_finite)
+    monkeypatch.setattr(evaluation, "render_views", second_view_not_finite)
     rc, _, err = _cli(args + ["--overwrite"])
     assert rc == 2 and "non-finite" in err, err
     # the old run's files are gone (its evaluation included), the new model is kept, no render of it

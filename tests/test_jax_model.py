@@ -1,6 +1,6 @@
 """jax_tensorf.model: TensoRF.create, upsample / shrink geometry (as tensorf_common.geometry says),
-an alpha-mask update on a fresh model, and render_chunks (compaction with overflow re-render) equal to
-a plain uncompacted render."""
+an alpha-mask update on a fresh model, and render_chunks (compacted, chunked) equal to a plain
+uncompacted render."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jax_helpers import SMALL_CP_RGB, SMALL_VM_FEA, SMALL_VM_RGB, numpy_model
+from jax_helpers import SMALL_CP_RGB, SMALL_VM_FEA, SMALL_VM_RGB, blob_model, numpy_model, rays_at_box
 from jax_tensorf import alpha_mask as am
 from jax_tensorf import fields
 from jax_tensorf.model import TensoRF
@@ -109,64 +109,24 @@ def test_update_alpha_mask_on_a_fresh_model_returns_none_and_keeps_going():
     assert np.all(np.isfinite(np.asarray(out["rgb"]))) and np.asarray(out["acc"]).max() < 1e-2
 
 
-def _dense_model(grid=(12, 14, 10)):
-    """A CP model (the cheapest to compile) with a real density blob: each of the 4 components is a
-    product of three bumps, about 3.3^3 at the centre, so softplus(f - 10) reaches ~20."""
-    m = _model(SMALL_CP_RGB, grid, RenderConfig(chunk=256))
-    rng = np.random.default_rng(0)
-    p = jax.tree.map(np.asarray, m.params)
-    centres = {0: 0.2, 1: -0.1, 2: 0.1}  # x, y, z
-    for k in range(3):
-        axis = fields.VEC_MODE[k]
-        u = np.linspace(-1, 1, grid[axis])[:, None]
-        bump = 3.3 * np.exp(-((u - centres[axis]) ** 2) / (0.15 + 0.05 * rng.random((1, 4))))
-        p["density"]["lines"][k] = bump.astype(np.float32)
-    p["app"] = jax.tree.map(lambda x: (x * 8 + 0.3).astype(np.float32), p["app"])
-    m.params = jax.tree.map(jnp.asarray, p)
-    return m
-
-
-def _view_rays(n, seed=0, miss_first=None):
-    rng = np.random.default_rng(seed)
-    o = rng.normal(size=(n, 3))
-    o = 3.5 * o / np.linalg.norm(o, axis=1, keepdims=True)
-    d = rng.uniform(-0.8, 0.8, size=(n, 3)) - o
-    if miss_first is not None:  # these rays point away from the box
-        d[miss_first] = o[miss_first]
-    d /= np.linalg.norm(d, axis=1, keepdims=True)
-    return o.astype(np.float32), d.astype(np.float32)
-
-
-def test_render_chunks_equals_uncompacted_render(monkeypatch):
-    """Eval renders compact samples and thresholded appearance to capacities sized from a probe of the
-    first chunk, re-rendering a chunk with doubled capacities on overflow. The result must equal a
-    plain render with neither compaction. Half of the probed chunk's rays are made to miss the box,
-    so that the full chunks after it overflow both capacities once and the re-render path runs."""
-    m = _dense_model()
-    n, chunk = 600, 256
-    order = np.random.default_rng(0).permutation(n)  # render_chunks' fixed shuffled order
-    o, d = _view_rays(n, miss_first=order[: chunk // 2])
-    used = []
-    real_render = m.render
-
-    def spy(rays_o, rays_d, opts, *a, **kw):
-        used.append((opts.sample_capacity, opts.app_capacity))
-        return real_render(rays_o, rays_d, opts, *a, **kw)
-
-    monkeypatch.setattr(m, "render", spy)
-    got = m.render_chunks(o, d, chunk=chunk, want_depth=True)
-    monkeypatch.undo()
-    caps = sorted(set(used))
-    assert len(caps) >= 2 and caps[-1][0] > caps[0][0] and caps[-1][1] > caps[0][1], f"no overflow re-render: {used}"
-    assert all(c[0] is not None and c[1] is not None for c in used)  # compacted (threshold is the eval default)
+def test_render_chunks_equals_uncompacted_render():
+    """``render_chunks`` (compacted samples and thresholded appearance, chunked; the re-render path on
+    overflow is exercised in test_jax_eval_render) equals a plain render with neither compaction, at
+    two chunk sizes."""
+    m = blob_model()
+    n = 600
+    o, d = rays_at_box(n, miss=np.arange(0, n, 3))
     opts = m.render_options(m.n_samples, train=False, want_depth=True, appearance="threshold")
     assert opts.sample_capacity is None and opts.app_capacity is None
     ref = {k: np.asarray(v) for k, v in m.render(jnp.asarray(o), jnp.asarray(d), opts).items() if k != "stats"}
-    assert got["rgb"].shape == (n, 3) and got["depth"].shape == (n,) and got["acc"].shape == (n,)
     acc = ref["acc"]
-    assert acc.max() > 0.9 and (acc < 1e-6).sum() >= chunk // 2  # a dense blob and empty rays
-    for k in ("rgb", "acc", "depth"):
-        np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=2e-6, err_msg=k)
+    assert acc.max() > 0.9 and (acc < 1e-6).sum() >= n // 3  # a dense blob and empty rays
+    for chunk in (128, 512):
+        got = m.render_chunks(o, d, chunk=chunk, want_depth=True)
+        assert got["rgb"].shape == (n, 3) and got["depth"].shape == (n,) and got["acc"].shape == (n,)
+        for k in ("rgb", "acc", "depth"):
+            np.testing.assert_allclose(got[k], ref[k], rtol=0, atol=2e-6, err_msg=f"{k}, chunk {chunk}")
+    assert set(m.render_chunks(o[:5], d[:5], want_depth=False)) == {"rgb", "acc"}
 
 
 def test_dense_density_lookup_renders_and_trains_like_the_factored_one():
@@ -174,8 +134,8 @@ def test_dense_density_lookup_renders_and_trains_like_the_factored_one():
     the gradient of its colour loss equal the factored lookup's (up to float32 rounding)."""
     from jax_tensorf.model import render_model
 
-    m = _dense_model()
-    o, d = (jnp.asarray(x) for x in _view_rays(64, seed=3))
+    m = blob_model()
+    o, d = (jnp.asarray(x) for x in rays_at_box(64, seed=3))
     target = jnp.asarray(np.random.default_rng(4).random((64, 3)).astype(np.float32))
     opts = m.render_options(m.n_samples, train=False, appearance="all")
     assert opts.density_lookup == "factored"  # the default, as the official code
@@ -203,6 +163,6 @@ def test_unknown_density_lookup_raises_config_error_naming_the_field():
     from jax_tensorf.model import density_at
     from tensorf_common.config import ConfigError
 
-    m = _dense_model()
+    m = blob_model()
     with pytest.raises(ConfigError, match=r"render\.density_lookup: unknown 'sparse'"):
         density_at(m.params, m.field_cfg, m.state.aabb, jnp.zeros((2, 3)), lookup="sparse")
