@@ -155,3 +155,12 @@ def filter_rays_by_mask(
             hit[todo[now]] = True
             todo = todo[~now]
     return pool[hit]
+
+
+def filter_rays_by_model_mask(split, pool, model, n_samples: int = 256) -> np.ndarray:
+    """:func:`filter_rays_by_mask` with a :class:`jax_tensorf.model.TensoRF`'s box, step, alpha mask
+    and near/far (official ``filtering_rays``)."""
+    s = model.state
+    size = None if s.mask_size is None else np.asarray(s.mask_size)
+    return filter_rays_by_mask(split, pool, s.aabb, s.step_size, s.mask, s.mask_aabb, model.near_far[0],
+                               model.near_far[1], n_samples, mask_size=size)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tensorf_common.config import FieldConfig, TrainConfig
+from tensorf_common.config import TrainConfig
 from tensorf_common.geometry import line_size, n_to_reso, plane_size
 
 from . import fields

@@ -15,12 +15,15 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax.training.dynamic_scale import DynamicScale
 
 from tensorf_common.config import TrainConfig
+from tensorf_common.errors import CheckpointError
 
 from . import fields
+from .checkpoint import flatten, unflatten
 from .model import render_model
 from .precision import FP32, Policy
 from .regularizers import density_l1, ortho_loss, tv_loss
@@ -55,6 +58,12 @@ class RegFlags:
     tv_density: bool = False
     tv_app: bool = False
     ortho: bool = False
+
+    @classmethod
+    def of(cls, tc: TrainConfig) -> "RegFlags":
+        """The regularisers a run's config weights above zero."""
+        return cls(l1=tc.l1_weight_initial > 0 or tc.l1_weight_rest > 0, tv_density=tc.tv_weight_density > 0,
+                   tv_app=tc.tv_weight_app > 0, ortho=tc.ortho_weight > 0)
 
 
 def loss_terms(
@@ -213,3 +222,37 @@ def init_optimizer_state(adam: optax.GradientTransformation, params, policy: Pol
     if policy.loss_scale == "dynamic":
         return ScaledState(state, scale if scale is not None else DynamicScale())
     return state
+
+
+def optimizer_arrays(opt_state) -> dict:
+    """Adam's state (and an fp16 loss scale) as ``{"opt/...": array}`` for a checkpoint."""
+    arrays = {}
+    if isinstance(opt_state, ScaledState):
+        arrays["opt/loss_scale"] = np.asarray(opt_state.scale.scale)
+        arrays["opt/loss_scale_fin_steps"] = np.asarray(opt_state.scale.fin_steps)
+        opt_state = opt_state.adam
+    arrays["opt/count"] = np.asarray(opt_state.count)
+    arrays.update(flatten(opt_state.mu, "opt/mu"))
+    arrays.update(flatten(opt_state.nu, "opt/nu"))
+    return arrays
+
+
+def optimizer_from_arrays(arrays: dict, adam: optax.GradientTransformation, params, policy: Policy, where: str):
+    """The inverse of :func:`optimizer_arrays` for ``params`` (``where`` names the file in errors)."""
+    template = jax.eval_shape(lambda: init_optimizer_state(adam, params, policy))
+    adam_template = template.adam if isinstance(template, ScaledState) else template
+    if "opt/count" not in arrays:
+        raise CheckpointError(f"{where}: missing array 'opt/count'")
+    adam_state = adam_template._replace(
+        count=jnp.asarray(arrays["opt/count"]),
+        mu=unflatten(params, arrays, "opt/mu", where),
+        nu=unflatten(params, arrays, "opt/nu", where),
+    )
+    if not isinstance(template, ScaledState):
+        return adam_state
+    if "opt/loss_scale" not in arrays:
+        raise CheckpointError(f"{where}: missing array 'opt/loss_scale' for a loss-scaled (fp16) run")
+    scale = template.scale.replace(
+        scale=jnp.asarray(arrays["opt/loss_scale"]), fin_steps=jnp.asarray(arrays["opt/loss_scale_fin_steps"])
+    )
+    return ScaledState(adam_state, scale)

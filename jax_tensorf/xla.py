@@ -29,7 +29,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Optional
+import time
+from typing import Any, Optional
 
 import jax
 import jax.monitoring
@@ -245,3 +246,17 @@ def compilation_cache_hits() -> int:
     """Compilations served by the persistent cache so far in this process."""
     return _cache_hits[0]
 
+
+def compile_lowered(lowered, kind: str) -> tuple[Any, dict]:
+    """Compile ``lowered`` (a ``jax.stages.Lowered``) with :func:`xla_options` of ``kind``; returns
+    the executable and ``{"seconds", "cache_hit", "temp_bytes" (where the backend reports it)}``."""
+    t0, hits = time.perf_counter(), compilation_cache_hits()
+    compiled = lowered.compile(compiler_options=xla_options(kind))
+    info: dict = {"seconds": round(time.perf_counter() - t0, 3), "cache_hit": compilation_cache_hits() > hits}
+    try:
+        mem = compiled.memory_analysis()
+        if mem is not None:
+            info["temp_bytes"] = int(getattr(mem, "temp_size_in_bytes", 0))
+    except Exception:  # memory analysis is optional per backend
+        pass
+    return compiled, info

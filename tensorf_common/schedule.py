@@ -105,6 +105,13 @@ class Schedule:
         unit = 0.0 if self.uses_time else 1.0
         return lr_factor(self.tc, self.span(p)) ** (self.position(p) + unit)
 
+    def loss_weights(self, p: SchedulePosition) -> dict[str, float]:
+        """Weights of the regularisers for the next step: ``l1``, ``tv_density``, ``tv_app``, ``ortho``."""
+        tv = self.tv_scale(p)
+        tc = self.tc
+        return {"l1": p.l1_weight, "tv_density": tc.tv_weight_density * tv, "tv_app": tc.tv_weight_app * tv,
+                "ortho": tc.ortho_weight}
+
     # ------------------------------------------------------------------ events
     def event_position(self, point: float, p: SchedulePosition) -> float:
         """Where an event point (``upsample_at`` / ``alpha_mask_at`` entry) falls on the axis."""
@@ -165,6 +172,14 @@ class Schedule:
     def start(self) -> SchedulePosition:
         """The position of a fresh run."""
         return SchedulePosition(l1_weight=self.tc.l1_weight_initial)
+
+
+def checkpoint_due(tc: TrainConfig, p: SchedulePosition, since: float) -> bool:
+    """Every ``checkpoint_every`` steps, and ``checkpoint_minutes`` after ``since`` (the budget
+    clock, ``p.elapsed``, at the last checkpoint or the start of the run)."""
+    if tc.checkpoint_every and p.step % tc.checkpoint_every == 0:
+        return True
+    return bool(tc.checkpoint_minutes) and p.elapsed - since >= 60.0 * tc.checkpoint_minutes
 
 
 class TrainingClock:

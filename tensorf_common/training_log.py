@@ -5,8 +5,11 @@ progress bar."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
-from typing import Optional
+from typing import Optional, Sequence
+
+import numpy as np
 
 
 @dataclasses.dataclass
@@ -38,6 +41,41 @@ class LogPoint:
     """Mean minimised loss (the MSE and the weighted regularisers), where recorded."""
     lr_basis: Optional[float] = None
     l1_weight: Optional[float] = None
+
+
+def window_point(
+    *,
+    step: int,
+    elapsed: float,
+    train_seconds: float,
+    seconds: float,
+    batch_size: int,
+    n_samples: int,
+    grid_size: Sequence[int],
+    mse: Sequence[float],
+    valid: Sequence[float],
+    app: Sequence[float],
+    lr_grid: float,
+    **extra,
+) -> LogPoint:
+    """The log point of a window of steps from their per-step colour MSE and valid and appearance
+    sample counts (``len(mse)`` steps in ``seconds`` of training); ``extra`` sets the optional fields."""
+    mean_mse = float(np.mean(np.asarray(mse, np.float64)))
+    samples = batch_size * n_samples
+    return LogPoint(
+        step=int(step),
+        elapsed=round(float(elapsed), 3),
+        mse=mean_mse,
+        psnr=float(-10.0 * math.log10(max(mean_mse, 1e-12))),
+        lr_grid=float(lr_grid),
+        rays_per_s=float(batch_size * len(mse) / max(seconds, 1e-9)),
+        n_samples=int(n_samples),
+        grid_size=[int(g) for g in grid_size],
+        valid_fraction=float(np.mean(np.asarray(valid, np.float64))) / samples,
+        app_fraction=float(np.mean(np.asarray(app, np.float64))) / samples,
+        train_seconds=round(float(train_seconds), 3),
+        **extra,
+    )
 
 
 def log_line(point: LogPoint) -> str:

@@ -553,3 +553,17 @@ def test_fixtures_and_repr(lego_small, small_dataset):
     assert (lego_small["train"].width, lego_small["train"].height) == (100, 100)
     r = repr(small_dataset)
     assert "BlenderDataset(" in r and "views=8" in r and "32x32" in r and len(r) < 1000
+
+
+def test_a_restored_sampler_continues_the_batches_and_refuses_another_dataset():
+    s = BatchSampler(1000, 64, seed=3)
+    s.restrict(np.arange(0, 1000, 3))
+    s.next()
+    state = s.state_dict()
+    again = BatchSampler.restored(state, 1000)
+    for _ in range(8):  # across an epoch of the restricted pool
+        np.testing.assert_array_equal(again.next(), s.next())
+    with pytest.raises(ValueError, match="trained on 1000 rays, this dataset has 999"):
+        BatchSampler.restored(state, 999)
+    with pytest.raises(ValueError, match="sampler state"):
+        BatchSampler.restored({k: v for k, v in state.items() if k != "epoch"}, 1000)

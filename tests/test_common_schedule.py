@@ -146,3 +146,29 @@ def test_training_clock_counts_overhead_against_the_budget_only():
     clock.tick(training=False)  # 0.25 s of something else
     clock.tick(training=True)
     assert (p.elapsed, p.train_seconds) == (10.0, 2.25)
+
+
+def test_loss_weights_decay_the_tv_weights_and_follow_the_l1_switch():
+    tc = TrainConfig(n_iters=40, upsample_at=(10,), alpha_mask_at=(5,), n_voxel_init=8**3, tv_weight_density=0.1,
+                     tv_weight_app=0.01, ortho_weight=0.5, l1_weight_initial=8e-5, l1_weight_rest=4e-5)
+    sched = Schedule(tc)
+    p = sched.start()
+    w0 = sched.loss_weights(p)
+    assert w0["l1"] == 8e-5 and w0["ortho"] == 0.5
+    assert w0["tv_density"] == pytest.approx(0.1 * sched.tv_scale(p)) and w0["tv_app"] == pytest.approx(0.01 * sched.tv_scale(p))
+    p, _ = _iterate(sched, 12)
+    w = sched.loss_weights(p)
+    assert w["l1"] == 4e-5  # switched at the first mask update
+    assert w["tv_density"] < w0["tv_density"] and w["tv_density"] == pytest.approx(0.1 * sched.tv_scale(p))
+
+
+def test_checkpoint_due_by_steps_and_by_budget_minutes():
+    from tensorf_common.schedule import SchedulePosition, checkpoint_due
+
+    every = TrainConfig(checkpoint_every=5, checkpoint_minutes=0)
+    assert checkpoint_due(every, SchedulePosition(step=10), since=0.0)
+    assert not checkpoint_due(every, SchedulePosition(step=11), since=0.0)
+    minutes = TrainConfig(checkpoint_every=0, checkpoint_minutes=2)
+    assert not checkpoint_due(minutes, SchedulePosition(step=11, elapsed=150.0), since=40.0)
+    assert checkpoint_due(minutes, SchedulePosition(step=11, elapsed=161.0), since=40.0)
+    assert not checkpoint_due(TrainConfig(checkpoint_every=0, checkpoint_minutes=0), SchedulePosition(step=10, elapsed=1e6), 0.0)

@@ -45,8 +45,8 @@ from tensorf_common.config import ConfigError, ExperimentConfig
 from tensorf_common.errors import CheckpointError, TrainingError
 from tensorf_common.geometry import n_to_reso, train_n_samples
 from tensorf_common.interrupt import stop_requested
-from tensorf_common.schedule import Schedule, SchedulePosition, TrainingClock, lr_factor
-from tensorf_common.training_log import LogPoint, log_line, progress_bar
+from tensorf_common.schedule import Schedule, SchedulePosition, TrainingClock, checkpoint_due, lr_factor
+from tensorf_common.training_log import LogPoint, log_line, progress_bar, window_point
 
 from . import checkpoint as ckpt
 from .alpha_mask import AlphaGridMask, shrink_box
@@ -275,9 +275,7 @@ class Trainer:
                 break
             if sched.uses_time:
                 set_learning_rates(self.optimizer, self.model, *sched.learning_rates(p))
-            tv = sched.tv_scale(p)  # TV weights decay every step and are never reset (official)
-            weights = LossWeights(l1=p.l1_weight, tv_density=tc.tv_weight_density * tv,
-                                  tv_app=tc.tv_weight_app * tv, ortho=tc.ortho_weight)
+            weights = LossWeights(**sched.loss_weights(p))
             used = (*learning_rates_of(self.optimizer), p.l1_weight)
             window.append(self._step(weights))
             p.step += 1
@@ -304,10 +302,7 @@ class Trainer:
                         self._mask_update()
                     while sched.upsample_due(p):
                         self._upsample()
-            due = (tc.checkpoint_every and p.step % tc.checkpoint_every == 0) or (
-                tc.checkpoint_minutes and p.elapsed - last_checkpoint >= 60.0 * tc.checkpoint_minutes
-            )
-            if due and self.out_dir is not None:
+            if self.out_dir is not None and checkpoint_due(tc, p, last_checkpoint):
                 with clock.overhead(self._sync):
                     self.save_checkpoint()
                 last_checkpoint = p.elapsed
@@ -324,23 +319,13 @@ class Trainer:
         totals = torch.stack([w["total"] for w in window])
         if not bool(torch.isfinite(totals).all()):
             raise TrainingError(f"non-finite loss at step <= {p.step}")
-        mse = float(torch.stack([w["mse"] for w in window]).mean())
-        samples = self.tc.batch_size * self.n_samples
-        point = LogPoint(
-            step=p.step,
-            elapsed=round(p.elapsed, 3),
-            mse=mse,
-            psnr=float(-10.0 * math.log10(max(mse, 1e-12))),
-            lr_grid=used[0],
-            rays_per_s=float(self.tc.batch_size * len(window) / max(seconds, 1e-9)),
-            n_samples=int(self.n_samples),
-            grid_size=m.gridSize.tolist(),
-            valid_fraction=float(torch.stack([w["n_density"] for w in window]).float().mean()) / samples,
-            app_fraction=float(torch.stack([w["n_appearance"] for w in window]).float().mean()) / samples,
-            train_seconds=round(p.train_seconds, 3),
-            total=float(totals.mean()),
-            lr_basis=used[1],
-            l1_weight=used[2],
+        point = window_point(
+            step=p.step, elapsed=p.elapsed, train_seconds=p.train_seconds, seconds=seconds, batch_size=self.tc.batch_size,
+            n_samples=self.n_samples, grid_size=m.gridSize.tolist(),
+            mse=torch.stack([w["mse"] for w in window]).cpu().numpy(),
+            valid=torch.stack([w["n_density"] for w in window]).float().cpu().numpy(),
+            app=torch.stack([w["n_appearance"] for w in window]).float().cpu().numpy(),
+            lr_grid=used[0], total=float(totals.mean()), lr_basis=used[1], l1_weight=used[2],
         )
         self.history.append(point)
         if not self.progress:
@@ -423,17 +408,10 @@ class Trainer:
         sampler_state = dict(field("sampler"))
         bits = sampler_state.get("pool_bits")
         sampler_state["pool_bits"] = bits.numpy() if isinstance(bits, Tensor) else bits
-        sampler = BatchSampler(self.train_split.n_rays, cfg.train.batch_size, cfg.train.seed)
         try:
-            sampler.load_state_dict(sampler_state)
-        except (ValueError, TypeError) as exc:
-            raise bad("sampler", exc) from None
-        if sampler.universe != self.train_split.n_rays:
-            raise CheckpointError(
-                f"{where}: {ckpt.EXTRA_KEY}/sampler: the run was trained on {sampler.universe} rays, "
-                f"this dataset has {self.train_split.n_rays}"
-            )
-        self.sampler = sampler
+            self.sampler = BatchSampler.restored(sampler_state, self.train_split.n_rays)
+        except ValueError as exc:
+            raise CheckpointError(f"{where}: {ckpt.EXTRA_KEY}/sampler: {exc}") from None
         self.n_samples = int(field("n_samples"))
         self.mask_reso = field("mask_reso")
         self.events = list(field("events"))

@@ -176,3 +176,16 @@ class BatchSampler:
         self._pool = pool
         self.epoch, self.pos = epoch, pos
         self._perm, self._perm_epoch = None, -1
+
+    @classmethod
+    def restored(cls, state: Mapping[str, Any], n_rays: int) -> "BatchSampler":
+        """The sampler of :meth:`state_dict`'s ``state``, drawing from a dataset of ``n_rays`` rays
+        (ValueError when the state is damaged or was made for another number of rays)."""
+        sampler = cls(n_rays, 1)
+        try:
+            sampler.load_state_dict(state)
+        except TypeError as exc:
+            raise ValueError(f"sampler state: {exc}") from None
+        if sampler.universe != n_rays:
+            raise ValueError(f"the run was trained on {sampler.universe} rays, this dataset has {n_rays}")
+        return sampler
