@@ -13,8 +13,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from tensorf_common.evaluation import EvalResults, evaluate_images, write_metrics
-from tensorf_common.images import to_uint8, write_depth_png, write_png
+from tensorf_common.evaluation import EvalResults, evaluate_images, write_metrics, write_view
 
 from .eval_render import RenderStats, camera_rays, render_chunked
 from .model import TensoRF
@@ -88,9 +87,7 @@ def evaluate_split(
             gts.append(split.rgb(v))
             names.append(name)
             if out_dir is not None and write_images:
-                (out_dir / "depth").mkdir(parents=True, exist_ok=True)
-                write_png(out_dir / f"{name}.png", to_uint8(out["rgb"]))
-                write_depth_png(out_dir / "depth" / f"{name}.png", out["depth"], *model.near_far)
+                write_view(out_dir, name, out["rgb"], out["depth"], *model.near_far)
             done += 1
             if progress is not None:
                 progress(done, len(views))

@@ -275,3 +275,12 @@ def load_rgb(path: Union[str, os.PathLike], background: str = "white") -> np.nda
     bg = 1.0 if background == "white" else 0.0
     rgb, a = rgba[..., :3], rgba[..., 3:]
     return (rgb * a + bg * (1.0 - a)).astype(np.float32)
+
+
+def write_view(out_dir: Path, name: str, rgb: np.ndarray, depth: np.ndarray, near: float, far: float) -> None:
+    """A rendered view as ``out_dir/name.png`` and its depth (near..far) as ``out_dir/depth/name.png``."""
+    from .images import to_uint8, write_depth_png, write_png
+
+    (out_dir / "depth").mkdir(parents=True, exist_ok=True)
+    write_png(out_dir / f"{name}.png", to_uint8(rgb))
+    write_depth_png(out_dir / "depth" / f"{name}.png", depth, near, far)

@@ -16,8 +16,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from tensorf_common.evaluation import EvalResults, evaluate_images, write_metrics
-from tensorf_common.images import to_uint8, write_depth_png, write_png
+from tensorf_common.evaluation import EvalResults, evaluate_images, write_metrics, write_view
 
 from .model import TensorBase, render_batched
 
@@ -82,9 +81,7 @@ def evaluate_split(
         gts.append(split.rgb(v))
         names.append(name)
         if out_dir is not None and write_images:
-            (out_dir / "depth").mkdir(parents=True, exist_ok=True)
-            write_png(out_dir / f"{name}.png", to_uint8(out["rgb"]))
-            write_depth_png(out_dir / "depth" / f"{name}.png", out["depth"], near, far)
+            write_view(out_dir, name, out["rgb"], out["depth"], near, far)
         if progress is not None:
             progress(i + 1, len(views))
     info = {
