@@ -84,8 +84,8 @@ def test_render(benchmark, record, size, jax_info, jax_cache, strategy, k):
         selected, every = int(out["stats"]["app_samples"]), int(ref["stats"]["app_samples"])
         if strategy == "topk" and k < n:
             assert selected == size.render_rays * k
-        else:
-            assert 0 < selected <= every
+        else:  # an untrained field may have no weight above the threshold: 0 is allowed
+            assert 0 <= selected <= every
 
 
 def _render_all(jax_cache, size) -> dict:
