@@ -144,8 +144,8 @@ class RenderConfig:
     lookup: the same values up to rounding, 8 scalar gathers per sample instead of 18 rows of
     components, and a backward pass that scatters 8 values per sample). JAX only."""
     chunk: Optional[int] = None
-    """Rays per chunk when rendering whole images (JAX); None = a power of two sized from the device's
-    free memory (``jax_tensorf.eval_render``)."""
+    """Rays per chunk when rendering whole images; None = JAX: a power of two sized from the device's
+    free memory (``jax_tensorf.eval_render``), torch: the official 4096."""
     n_samples_eval: Optional[int] = None
     """Samples per ray at evaluation; None = the model's own count from the box and grid (official)."""
     depth: Literal["mean", "median"] = "mean"

@@ -30,9 +30,11 @@ def test_render_view_shapes_and_official_appearance(small_dataset):
     assert out["rgb"].shape == (split.height, split.width, 3) and out["depth"].shape == (split.height, split.width)
     assert np.all(np.isfinite(out["rgb"])) and out["rgb"].min() >= 0 and out["rgb"].max() <= 1
     assert model.appearance == "topk"  # restored after the threshold render
-    # chunking does not change the render
-    again = render_view(model, split, 0, chunk=1024)
-    np.testing.assert_allclose(out["rgb"], again["rgb"], atol=1e-6)
+    # chunking does not change the render, nor does leaving the chunk to the default (a config's
+    # render.chunk=None, as the cpu preset has)
+    for chunk in (1024, RenderConfig().chunk):
+        again = render_view(model, split, 0, chunk=chunk)
+        np.testing.assert_allclose(out["rgb"], again["rgb"], atol=1e-6)
 
 
 def test_evaluate_split_writes_named_renders_and_metrics(small_dataset, tmp_path):

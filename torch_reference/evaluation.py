@@ -21,8 +21,14 @@ from tensorf_common.evaluation import EvalResults, evaluate_images, write_metric
 from .model import TensorBase, render_batched
 
 
+OFFICIAL_EVAL_CHUNK = 4096
+"""Rays per chunk of the official evaluation render (``renderer.py``: ``chunk=4096``); used when a
+config leaves ``render.chunk`` to the device (None), which only the JAX renderer sizes."""
+
+
 @torch.no_grad()
-def render_view(model: TensorBase, split, view: int, chunk: int = 4096, appearance: Optional[str] = None) -> dict[str, np.ndarray]:
+def render_view(model: TensorBase, split, view: int, chunk: Optional[int] = None,
+                appearance: Optional[str] = None) -> dict[str, np.ndarray]:
     """``{"rgb": (H, W, 3), "depth": (H, W)}`` of one view of a split (float, rgb in [0, 1]).
 
     ``appearance`` overrides the model's appearance strategy for this render (default: the official
@@ -33,7 +39,7 @@ def render_view(model: TensorBase, split, view: int, chunk: int = 4096, appearan
     old = model.appearance
     model.appearance = appearance or "threshold"
     try:
-        rgb, depth = render_batched(model, rays.to(model.device), chunk=chunk, white_bg=bool(split.white_bg))
+        rgb, depth = render_batched(model, rays.to(model.device), chunk=chunk or OFFICIAL_EVAL_CHUNK, white_bg=bool(split.white_bg))
     finally:
         model.appearance = old
     if model.device.type == "cuda":
@@ -61,7 +67,7 @@ def evaluate_split(
     write_images: bool = True,
     settings: Optional[dict] = None,
     progress: Optional[Callable[[int, int], None]] = None,
-    chunk: int = 4096,
+    chunk: Optional[int] = None,
     appearance: Optional[str] = None,
 ) -> tuple[EvalResults, float]:
     """Render ``views`` (default: all) of ``split``, compute the metrics, and write
