@@ -2,7 +2,8 @@
 
 The number of valid samples (in the box and the alpha mask) depends on the scene, the mask and the
 grid, so the capacities are measured by a probe of a few batches, not assumed, and a capacity that
-overflows during training grows by half (the trainer then compiles the step again). Capacities are
+overflows during training grows by half or to what it needed (the trainer then compiles the step
+again, unless the budget left would not pay for the compilation). Capacities are
 rounded to a few sizes per octave, so re-sizing them rarely changes the compiled shape.
 """
 
@@ -96,18 +97,31 @@ def set_capacities(
         shape.app_capacity = None
 
 
+def _grown(capacity: int, overflow: int, limit: int) -> int:
+    """By half, or to what the window needed (capacity + overflow) with a quarter of headroom if
+    that is more: one compilation instead of several when the need jumped."""
+    return round_cap(min(max(int(capacity * 1.5), int(1.25 * (capacity + overflow))), limit), limit)
+
+
 def grow_capacities(shape: StepShape, batch_size: int, point: LogPoint) -> bool:
-    """Grow by half each capacity that overflowed in the log window ``point``; True if one did."""
+    """Grow each capacity that overflowed in the log window ``point`` (:func:`_grown`); True if one did."""
     total = batch_size * shape.n_samples
     changed = False
     if point.sample_overflow > 0 and shape.sample_capacity is not None and shape.sample_capacity < total:
-        shape.sample_capacity = round_cap(int(shape.sample_capacity * 1.5), total)
+        shape.sample_capacity = _grown(shape.sample_capacity, point.sample_overflow, total)
         changed = True
     limit = shape.sample_capacity or total
     if point.app_overflow > 0 and shape.app_capacity is not None and shape.app_capacity < limit:
-        shape.app_capacity = round_cap(min(int(shape.app_capacity * 1.5), limit), limit)
+        shape.app_capacity = _grown(shape.app_capacity, point.app_overflow, limit)
         changed = True
     return changed
+
+
+def compile_pays_off(seconds_left: Optional[float], compile_seconds: Sequence[float]) -> bool:
+    """Whether a grown capacity is worth compiling with ``seconds_left`` of the budget (None: no
+    budget): more than twice the slowest compilation so far must be left. A compilation that ends
+    with the budget trains nothing; the compiled step only drops the samples that overflow."""
+    return seconds_left is None or not compile_seconds or seconds_left > 2.0 * max(compile_seconds)
 
 
 def probe_valid_samples(model, split, sampler, batch_size: int, n_samples: int, seed: int, n_batches: int = 4) -> int:

@@ -13,6 +13,7 @@ spent in steps advances the schedule clock.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tensorf_common.config import ExperimentConfig
+from tensorf_common.data import BatchSampler
 from tensorf_common.errors import CheckpointError, TrainingError
 from tensorf_common.interrupt import stop_requested
 from tensorf_common.geometry import n_to_reso, train_n_samples
@@ -103,8 +105,7 @@ class Trainer:
         self._pending_recompile = False
         self._clock: Optional[TrainingClock] = None
         self._checkpoint_clock: Optional[float] = None
-        """The budget clock (``pos.elapsed``, the same on every process) when the checkpoint was last
-        written or :meth:`run` started: the periodic checkpoint (``checkpoint_minutes``) counts from it."""
+        """``pos.elapsed`` at the last checkpoint or :meth:`run`'s start (``checkpoint_minutes`` count from it)."""
         self.first_step_at: Optional[float] = None
         """``time.perf_counter()`` when the first step of this process had finished (None before)."""
         self.interrupted = False
@@ -119,8 +120,6 @@ class Trainer:
         carving and the ray filter run as compiled JAX on the default device (on the CPU backend
         numpy carves: the same hull without a compilation, which costs more than it saves there)."""
         from tensorf_common.bounds import require_rays_in_box, training_box
-        from tensorf_common.data import BatchSampler
-
         from .carving import carve_visual_hull
 
         t0 = time.perf_counter()
@@ -199,8 +198,7 @@ class Trainer:
         return self._compiled[sig]
 
     def drop_executables(self) -> None:
-        """Forget the compiled train steps (their memory goes back at the next release); a later
-        :meth:`run` compiles again."""
+        """Forget the compiled train steps (memory back at the next release); :meth:`run` compiles again."""
         self._compiled.clear()
 
     def _hyper(self) -> dict:
@@ -217,9 +215,8 @@ class Trainer:
         o, d, rgb = self.train_split.batch(self.placement.local_rows(idx))
         key = jax.random.fold_in(self.key, self.pos.step + 1)
         if self.mesh is not None:
-            self.model.params = self.placement.put(self.model.params)
-            self.opt_state = self.placement.put(self.opt_state)
-            self.model.state = self.placement.put(self.model.state)
+            self.model.params, self.opt_state, self.model.state = self.placement.put(
+                (self.model.params, self.opt_state, self.model.state))
             o, d, rgb = self.placement.put((o, d, rgb), batch=True)
             key, hyper = self.placement.put((key, self._hyper()))
             return (self.model.params, self.opt_state, self.model.state, o, d, rgb, key, hyper)
@@ -387,11 +384,17 @@ class Trainer:
             app_overflow=max(int(x["app_overflow"]) for x in host),
         )
         self.history.append(point)
-        if caps.grow_capacities(self.shape, self.tc.batch_size, point):
-            sh = self.shape
-            self.events.append({"event": "capacity", "step": p.step, "sample": sh.sample_capacity, "app": sh.app_capacity})
-            self.log(f"step {p.step}: capacity overflow; sample capacity {sh.sample_capacity}, app capacity {sh.app_capacity}")
-            self._pending_recompile = True  # the step compiles again at the next schedule check
+        grown = dataclasses.replace(self.shape)
+        if caps.grow_capacities(grown, self.tc.batch_size, point):
+            left = None if self.procs is not None else self.schedule.seconds_left(p)  # processes always grow
+            if caps.compile_pays_off(left, [c["seconds"] for c in self.compiles]):
+                self.shape = sh = grown
+                self.events.append({"event": "capacity", "step": p.step, "sample": sh.sample_capacity, "app": sh.app_capacity})
+                self.log(f"step {p.step}: capacity overflow; sample capacity {sh.sample_capacity}, app capacity {sh.app_capacity}")
+                self._pending_recompile = True  # the step compiles again at the next schedule check
+            elif not any(e["event"] == "capacity_kept" for e in self.events):
+                self.events.append({"event": "capacity_kept", "step": p.step, "seconds_left": round(left, 1)})
+                self.log(f"step {p.step}: capacity overflow; kept the compiled step ({left:.0f} s of budget left)")
         if not self.progress:
             self.log(log_line(point))
         return point
@@ -408,8 +411,6 @@ class Trainer:
     def from_state(cls, state: dict, dataset, *, where: str = "checkpoint", out_dir: Optional[Path] = None,
                    log: Callable[[str], None] = lambda s: None, progress: bool = False) -> "Trainer":
         """A trainer ready to :meth:`run` on from :meth:`state_dict`'s output."""
-        from tensorf_common.data import BatchSampler
-
         parts = read_run_state(state, where)
         self = cls.__new__(cls)
         self._attach(parts.cfg, dataset, out_dir, log, progress)

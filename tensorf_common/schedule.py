@@ -77,6 +77,11 @@ class Schedule:
     def budget_seconds(self) -> Optional[float]:
         return None if self.tc.minutes is None else 60.0 * self.tc.minutes
 
+    def seconds_left(self, p: SchedulePosition) -> Optional[float]:
+        """Seconds of the wall-clock budget left (None: no budget)."""
+        budget = self.budget_seconds
+        return None if budget is None else max(budget - p.elapsed, 0.0)
+
     @property
     def uses_time(self) -> bool:
         """Whether the schedule runs on seconds of training (else on iterations)."""
@@ -90,8 +95,7 @@ class Schedule:
         """The length of the schedule: ``lr_decay_iters`` / ``n_iters`` iterations, or (time mode)
         the training seconds the run will have, ``train_seconds + budget left``."""
         if self.uses_time:
-            left = max(self.budget_seconds - p.elapsed, 0.0)
-            return max(p.train_seconds + left, 1e-3)
+            return max(p.train_seconds + self.seconds_left(p), 1e-3)
         return float(decay_span_iters(self.tc))
 
     # ------------------------------------------------------------------ learning rates

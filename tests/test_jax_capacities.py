@@ -5,7 +5,8 @@ from __future__ import annotations
 from tensorf_common.config import RenderConfig
 from tensorf_common.training_log import window_point
 
-from jax_tensorf.capacities import StepShape, grow_capacities, per_device, round_cap, set_capacities
+from jax_tensorf.capacities import (StepShape, compile_pays_off, grow_capacities, per_device, round_cap,
+                                    set_capacities)
 
 
 def _point(sample_overflow=0, app_overflow=0, app=100, n_samples=64):
@@ -44,7 +45,20 @@ def test_an_overflowing_capacity_grows_by_half_and_a_full_one_does_not():
     assert not grow_capacities(full, 256, _point(sample_overflow=5))
 
 
+def test_a_capacity_far_below_its_need_grows_to_the_need_at_once():
+    shape = StepShape(n_samples=64, sample_capacity=8192, app_capacity=1024)
+    assert grow_capacities(shape, 256, _point(app_overflow=3000))  # needed 4024
+    assert shape.app_capacity == round_cap(int(1.25 * 4024), 8192) and shape.app_capacity >= 4024
+    assert grow_capacities(shape, 256, _point(app_overflow=100000))  # more than the sample capacity
+    assert shape.app_capacity == 8192
+
+
 def test_per_device_capacity_has_headroom():
     assert per_device(None, 4) is None and per_device(8192, 1) == 8192
     share = per_device(8192, 4)
     assert 1.25 * 8192 / 4 <= share <= 8192
+
+
+def test_a_compilation_is_paid_for_only_with_twice_its_time_left():
+    assert compile_pays_off(None, [20.0]) and compile_pays_off(5.0, [])
+    assert compile_pays_off(41.0, [0.7, 20.0]) and not compile_pays_off(39.0, [0.7, 20.0])

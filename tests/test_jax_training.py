@@ -390,3 +390,26 @@ def test_a_checkpoint_is_written_every_checkpoint_minutes(plain_trainer, monkeyp
     trainer.tc = trainer.cfg.train
     trainer.run(max_steps=10)
     assert len(saved) == n  # 0: only at the end and on Ctrl-C (by the caller)
+
+
+# ------------------------------------------------------------------ capacity growth near the budget's end
+
+
+def test_a_capacity_grows_only_while_the_budget_pays_for_the_compilation(small_dataset):
+    """An overflowing capacity with the budget nearly spent keeps the compiled step (on a 2-core
+    CPU a recompilation of the quick report's threshold run started 10 s before the end and took
+    20 s); with the budget ahead it grows and compiles again."""
+    cfg = replace_train(dataclasses.replace(_run_cfg(), render=RenderConfig(sample_capacity=0.05)),
+                        upsample_at=(), alpha_mask_at=(), minutes=1.0, n_iters=1000)
+    trainer = Trainer(cfg, small_dataset, log=lambda s: None)
+    trainer.shape.sample_capacity = 256  # far below the valid samples of a batch
+    trainer._step_fn()  # compiled before the budget is nearly spent (run() finds it)
+    trainer.pos.elapsed = 60.0 - 0.2
+    trainer.run(max_steps=1)
+    assert trainer.history[-1].sample_overflow > 0
+    assert len(trainer.compiles) == 1 and trainer.shape.sample_capacity == 256
+    assert [e["event"] for e in trainer.events if e["event"].startswith("capacity")] == ["capacity_kept"]
+    trainer.pos.elapsed = 0.0
+    trainer.run(max_steps=1)
+    assert len(trainer.compiles) == 2 and trainer.shape.sample_capacity > 256
+    assert trainer.events[-1]["event"] == "capacity" and trainer.compiles[-1]["sample_capacity"] > 256
