@@ -217,8 +217,9 @@ def map_adam_moments(opt_state, fn: Callable[[dict], dict]):
 
 def init_optimizer_state(adam: optax.GradientTransformation, params, policy: Policy, scale=None):
     """Adam's state, wrapped with a loss scale when the policy scales (keeps ``scale`` if given,
-    so that re-creating Adam at an upsample does not reset the fp16 scale)."""
-    state = adam.init(params)
+    so that re-creating Adam at an upsample does not reset the fp16 scale). One compiled program
+    (eagerly, every distinct leaf shape compiles its own zeros)."""
+    state = jax.jit(adam.init)(params)
     if policy.loss_scale == "dynamic":
         return ScaledState(state, scale if scale is not None else DynamicScale())
     return state

@@ -41,6 +41,9 @@ from tensorf_common.runtime import available_memory_bytes, release_memory
 _DEFAULTS = {
     "train": {},
     "eval": {"xla_cpu_experimental_ynn_fusion_type": ""},
+    # run once per model: the CPU backend's optimisation of the unrolled random-bit generators
+    # costs seconds of compilation and saves milliseconds of running
+    "init": {"xla_backend_optimization_level": 0},
 }
 
 
