@@ -58,6 +58,12 @@ class BenchSize:
     """Cases of the ``lookup`` group (``test_lookup.py``): fp32; bf16 (a float32 grid, the result
     cast to bf16 after the gather: the default half-precision policy); bf16-grid (the grid cast to
     bf16 before the lookup: 16-bit gathers, and 16-bit scatter-adds in the XLA variants' backward)."""
+    vmap_modes: tuple[str, ...] = ("forward", "forward+backward")
+    """Modes of the ``vmap`` group (``test_vmap.py``)."""
+    device_counts: tuple[int, ...] = (1, 2, 4)
+    """Device counts of the ``devices`` group (``test_devices.py``); empty: the group does not run."""
+    two_processes: bool = True
+    """Whether the ``devices`` group also runs the two-process case (two workers, each compiling)."""
     rounds: int = 3
     warmup: int = 1
     fast_compile: bool = False
@@ -101,20 +107,28 @@ SIZES: dict[str, BenchSize] = {
         warmup=0,
         fast_compile=True,
     ),
+    # What fits the quick report's ten minutes on 2 CPU cores, where compilation dominates every
+    # case: the quick quality runs' small field; train steps only in the framework group (the
+    # quality runs time each strategy's training); the memory probes (a process and a compilation
+    # each) and the devices group (five train-step compilations) left to the full size.
     "quick": BenchSize(
         name="quick",
         grid=64,
         rays=1024,
         render_rays=1024,
         points=1 << 16,
-        ks=(8, 32),
+        field=SMALL_FIELD,
+        ks=(32,),
         sample_k=32,
-        train_strategies=("all", "threshold", "topk-32"),
+        train_strategies=(),
         precision_workloads=("field",),
         torch_compile=(),
-        compile_grids=(32, 96),
+        compile_grids=(64,),
         compile_workloads=("render",),
-        memory_workloads=("train_step",),
+        memory_workloads=(),
+        vmap_modes=("forward+backward",),
+        device_counts=(),
+        two_processes=False,
         rounds=3,
         warmup=1,
     ),

@@ -28,17 +28,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import bench_sizes
 import bench_workloads as W
 
 jax = pytest.importorskip("jax")
 
-COUNTS = (1, 2, 4)
+COUNTS = bench_sizes.current_size().device_counts
 _first_loss: dict = {}
 WORKER = Path(__file__).resolve().parent / "devices_worker.py"
 
 
-@pytest.mark.parametrize("n_devices", COUNTS, ids=[f"{n}dev" for n in COUNTS])
-def test_devices(benchmark, record, size, jax_info, n_devices):
+def _devices(benchmark, record, size, jax_info, n_devices):
     benchmark.group = "devices"
     have = len(jax.devices())
     if have < n_devices:
@@ -78,7 +78,7 @@ def _expect(worker, prefix: str) -> str:
     pytest.fail(f"a worker stopped (exit {worker.wait(timeout=60)}) before printing {prefix.strip()}")
 
 
-def test_devices_two_processes(benchmark, record, size, jax_info):
+def _two_processes(benchmark, record, size, jax_info):
     benchmark.group = "devices"
     if jax.default_backend() != "cpu":
         pytest.skip(f"the two-process case runs on CPU host devices; this session runs on {jax.default_backend()}")
@@ -127,3 +127,10 @@ def test_devices_two_processes(benchmark, record, size, jax_info):
         processes=2,
         **info,
     )
+
+
+# A size without device counts (or without the two-process case) collects no such test.
+if COUNTS:
+    test_devices = pytest.mark.parametrize("n_devices", COUNTS, ids=[f"{n}dev" for n in COUNTS])(_devices)
+if bench_sizes.current_size().two_processes:
+    test_devices_two_processes = _two_processes

@@ -13,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+import bench_sizes
 import bench_workloads as W
 
 jax = pytest.importorskip("jax")
@@ -21,7 +22,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax_tensorf import fields  # noqa: E402
 from tensorf_common.geometry import train_n_samples  # noqa: E402
 
-MODES = ("forward", "forward+backward")
+MODES = bench_sizes.current_size().vmap_modes
 
 
 def _setup(size):

@@ -144,6 +144,10 @@ def run_benchmarks(json_path: Path, outcomes_path: Path, log_path: Path, size: s
            "skipped": len([p for p in problems if p["outcome"] == "skipped"])}
     if rc == 0:
         out["error"] = None
+    elif rc == 5:  # pytest: no test collected or selected
+        out["error"] = (f"no benchmark to run at size {size}"
+                        f"{' matching ' + repr(list(extra_args)) if extra_args else ''} (cases per size: "
+                        "benchmarks/bench_sizes.py)")
     elif failed:
         out["error"] = f"{len(failed)} of {state['total'] or '?'} benchmarks failed; first: {failed[0]['test'].split('::')[-1]}: {failed[0]['error']}"
     else:
