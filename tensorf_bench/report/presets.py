@@ -8,9 +8,9 @@ same data, the same batches (``BatchSampler`` with the same seed) and the same b
 reference trains with the official ``threshold`` appearance.
 
 - ``quick``: the README's first command. The built-in procedural scene at 100x100, 4 test views,
-  a small field on a fixed 32^3 grid (one compilation per JAX run) trained for 1 minute per
-  configuration at a constant learning rate, benchmarks at the quick size, a subset of the parity
-  suite. About 8-10 minutes on an otherwise idle 2-core CPU.
+  a small field on a fixed 32^3 grid trained for 1 minute per configuration (JAX top-k and
+  threshold, the torch reference) at a constant learning rate, benchmarks at the quick size, a
+  subset of the parity suite. Under 10 minutes on an otherwise idle 2-core CPU.
 - ``full``: lego-sized. 400x400 views (the shared ``nerf_synthetic_half/lego``), 10 test views, the
   cpu training preset (carved box, 64^3 -> 160^3 with three upsamples and two mask updates) for
   5 minutes per run (top-16 also in bf16 and fp16), benchmarks at the full size. About 65 minutes
@@ -142,6 +142,10 @@ def _compared_runs(k: int) -> tuple[QualitySpec, ...]:
 
 CPU_RUNS = _compared_runs(16)  # the cpu training preset's k
 
+QUICK_RUNS = tuple(q for q in CPU_RUNS if q.name != "jax-all")
+"""The quick preset leaves ``all`` out to fit ten minutes: the strategy the others exist to beat,
+timed against them in its benchmarks (train step in the framework group, render in appearance)."""
+
 FULL_RUNS = CPU_RUNS + (
     QualitySpec("jax-topk-bf16", "jax", "topk", 16, precision="bf16"),
     QualitySpec("jax-topk-fp16", "jax", "topk", 16, precision="fp16"),
@@ -165,12 +169,13 @@ def _quick() -> ReportPreset:
     return ReportPreset(
         name="quick",
         description="built-in procedural scene at 100x100, 4 test views; a small field (4/8 components, "
-        "32-wide MLP) on a fixed 32^3 grid trained for 1 min per configuration at a constant learning rate; "
-        "quick benchmarks; a parity subset (about 8-10 min on 2 idle CPU cores)",
+        "32-wide MLP) on a fixed 32^3 grid trained for 1 min per configuration (JAX top-k and threshold, "
+        "torch) at a constant learning rate; quick benchmarks; a parity subset (under 10 min on 2 idle "
+        "CPU cores)",
         bench_size="quick",
         training_preset="cpu",
         minutes=1.0,
-        quality=CPU_RUNS,
+        quality=QUICK_RUNS,
         field=_differences(SMALL_FIELD, FieldConfig()),
         # An iteration schedule over a long horizon keeps the learning rate constant: with a time
         # schedule a one-minute budget would spend its decay on set-up and compilation.
@@ -186,12 +191,14 @@ def _quick() -> ReportPreset:
         data=(("downsample", 2), ("test_stride", 50), ("max_test_views", 4)),
         figure_views=2,
         bench_timeout_s=900,
-        parity_k="test_fields or test_encoding or test_sampling or test_appearance or test_regularizers "
-                 "or test_alpha_mask",
+        # the component modules (test_model's assembled-model checks and the Pallas variants, in
+        # interpret mode here, are half the suite's time: the full preset runs them)
+        parity_k="(test_fields.py or test_encoding or test_sampling or test_appearance or test_regularizers "
+                 "or test_alpha_mask.py) and not pallas",
         parity_timeout_s=300,
         quality_overhead_s=25.0,
         bench_estimate_s=170.0,
-        parity_estimate_s=30.0,
+        parity_estimate_s=80.0,
     )
 
 
