@@ -196,8 +196,8 @@ def _quick() -> ReportPreset:
         parity_k="(test_fields.py or test_encoding or test_sampling or test_appearance or test_regularizers "
                  "or test_alpha_mask.py) and not pallas",
         parity_timeout_s=300,
-        quality_overhead_s=25.0,
-        bench_estimate_s=170.0,
+        quality_overhead_s=30.0,
+        bench_estimate_s=200.0,
         parity_estimate_s=80.0,
     )
 
