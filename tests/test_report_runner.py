@@ -312,3 +312,24 @@ def test_resume_of_a_damaged_run_folder_exits_2_naming_the_file(damage, message,
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert "--preset" not in err[0]
     assert {p: p.read_bytes() for p in before} == before  # nothing rewritten
+
+
+def test_progress_in_a_log_writes_plain_status_lines(capsys, monkeypatch):
+    """A report redirected to a file gets no progress bar (no carriage returns), but a status line
+    when the stage's status changes, at most every LOG_EVERY_S."""
+    import time as _time
+
+    from tensorf_bench.report_runner.progress import Progress
+
+    monkeypatch.setattr(Progress, "LOG_EVERY_S", 0.05)
+    prog = Progress(100.0, tty=False)
+    prog.start_stage("quality-x", 50.0)
+    prog.update(0.5, "step 10, 5/60 s")
+    _time.sleep(0.3)  # several ticks, one status
+    prog.end_stage("  ok quality-x")
+    prog.close()
+    err = capsys.readouterr().err
+    assert prog.bar is None and "\r" not in err
+    status = [line for line in err.splitlines() if line.startswith("  ... ")]
+    assert len(status) == 1 and "quality-x: step 10, 5/60 s" in status[0] and "of 100 est. s" in status[0]
+    assert "  ok quality-x" in err

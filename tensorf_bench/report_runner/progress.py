@@ -13,11 +13,19 @@ class Progress:
 
     Stages report a fraction done and a short text; a ticker thread moves the bar with the elapsed
     time inside the current stage (capped below the stage's estimate until it ends), so the bar and
-    its time-left estimate keep moving during long subprocesses."""
+    its time-left estimate keep moving during long subprocesses. Where stderr is not a terminal (a
+    log file) there is no bar: the ticker writes one plain status line every :data:`LOG_EVERY_S`
+    seconds, and only when the status changed."""
 
-    def __init__(self, total_s: float, enabled: bool = True):
+    LOG_EVERY_S = 30.0
+
+    def __init__(self, total_s: float, enabled: bool = True, tty: Optional[bool] = None):
         self.enabled = enabled
+        self.tty = sys.stderr.isatty() if tty is None else tty
+        self.total_s = total_s
         self.bar = None
+        self._t0 = time.perf_counter()
+        self._last_line = ""
         self._lock = threading.Lock()
         self._done = 0.0
         self._stage = ("", 1.0, time.perf_counter())
@@ -25,12 +33,12 @@ class Progress:
         self._text = ""
         self._stop = threading.Event()
         if enabled:
-            from tqdm.auto import tqdm
+            if self.tty:
+                from tqdm.auto import tqdm
 
-            tty = sys.stderr.isatty()
-            self.bar = tqdm(total=round(total_s), unit="s", dynamic_ncols=True, file=sys.stderr,
-                            mininterval=0.5 if tty else 30.0,
-                            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est. s [{elapsed}<{remaining}]")
+                self.bar = tqdm(total=round(total_s), unit="s", dynamic_ncols=True, file=sys.stderr,
+                                mininterval=0.5,
+                                bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} est. s [{elapsed}<{remaining}]")
             self._thread = threading.Thread(target=self._tick, daemon=True)
             self._thread.start()
 
@@ -71,15 +79,28 @@ class Progress:
             frac = by_time if self._fraction is None else max(self._fraction, by_time)
             return self._done + frac * est, (f"{name}: {self._text}" if self._text else name)
 
+    def status_line(self) -> str:
+        """The plain status a log gets: the stage's text, the run's elapsed time and estimate."""
+        pos, desc = self._position()
+        elapsed = time.perf_counter() - self._t0
+        return f"  ... {desc} [{elapsed:.0f} s elapsed, about {pos:.0f} of {self.total_s:.0f} est. s done]"
+
     def _tick(self) -> None:
-        # a terminal gets a live bar; a log file (no tty) a line every 30 s
-        every = 1.0 if sys.stderr.isatty() else 30.0
+        every = 1.0 if self.tty else self.LOG_EVERY_S
         while not self._stop.wait(every):
-            pos, desc = self._position()
             if self.bar is not None:
+                pos, desc = self._position()
                 self.bar.n = min(pos, self.bar.total or pos)
                 self.bar.set_description_str(desc[:60], refresh=False)
                 self.bar.refresh()
+            else:
+                self._log_status()
+
+    def _log_status(self) -> None:
+        _, desc = self._position()
+        if desc != self._last_line:  # a stage that reports nothing new adds no line
+            self._last_line = desc
+            self.write(self.status_line())
 
     def close(self) -> None:
         self._stop.set()
