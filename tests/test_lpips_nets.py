@@ -1,8 +1,11 @@
-"""LPIPS v0.1 in plain torch (no torchvision) (torch_reference.lpips): the reference values of the LPIPS repository's examples, the
-network's shape, identical images, input errors and the missing-weights path."""
+"""LPIPS v0.1 in both frameworks (jax_tensorf.lpips and torch_reference.lpips, plain torch without
+torchvision), each against the same checks: the reference values of the LPIPS repository's examples,
+batches, identical images, the weights' effect, input errors and the missing-weights path; then what
+only one side has (feature shapes in its layout, jit, torch inputs)."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +13,6 @@ import pytest
 
 from tensorf_common.evaluation import load_rgb
 from tensorf_common.lpips_weights import ENV_VAR, LpipsInputError, LpipsUnavailable
-from torch_reference.lpips import LPIPS, available_lpips
 
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "lpips_examples"
 
@@ -25,12 +27,22 @@ def examples() -> dict[str, np.ndarray]:
     return {n: load_rgb(EXAMPLES / f"ex_{n}.png") for n in ("ref", "p0", "p1")}
 
 
-@pytest.fixture(scope="module")
-def nets() -> dict[str, LPIPS]:
+@pytest.fixture(scope="module", params=["jax_tensorf", "torch_reference"])
+def lpips_mod(request):
+    """The framework's ``lpips`` module (the twins share LPIPS and available_lpips)."""
+    return importlib.import_module(f"{request.param}.lpips")
+
+
+def _load_nets(mod) -> dict:
     try:
-        return {"alex": LPIPS("alex"), "vgg": LPIPS("vgg")}
+        return {"alex": mod.LPIPS("alex"), "vgg": mod.LPIPS("vgg")}
     except LpipsUnavailable as exc:
         pytest.skip(f"LPIPS weights not installed: {exc}")
+
+
+@pytest.fixture(scope="module")
+def nets(lpips_mod) -> dict:
+    return _load_nets(lpips_mod)
 
 
 def _noisy(seed: int, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +89,7 @@ def test_more_noise_is_further(nets):
         assert 0 < small < large
 
 
-def test_weights_are_used(nets, examples):
+def test_weights_are_used(lpips_mod, nets, examples):
     """Scaling the last linear layer by 2 scales its stage's contribution (never a fixed backbone)."""
     from tensorf_common.lpips_weights import load_lpips_weights
 
@@ -85,8 +97,8 @@ def test_weights_are_used(nets, examples):
     base = nets["alex"](examples["ref"], examples["p1"])
     w0 = dict(w, lin4=np.zeros_like(w["lin4"]))
     w2 = dict(w, lin4=2 * w["lin4"])
-    without = LPIPS("alex", weights=w0)(examples["ref"], examples["p1"])
-    doubled = LPIPS("alex", weights=w2)(examples["ref"], examples["p1"])
+    without = lpips_mod.LPIPS("alex", weights=w0)(examples["ref"], examples["p1"])
+    doubled = lpips_mod.LPIPS("alex", weights=w2)(examples["ref"], examples["p1"])
     assert without < base
     assert doubled - base == pytest.approx(base - without, abs=1e-6)
 
@@ -108,19 +120,47 @@ def test_input_errors(nets):
         nets["vgg"].batch(a, a)
 
 
-def test_missing_weights_give_a_reason_not_a_network(monkeypatch, tmp_path):
+def test_missing_weights_give_a_reason_not_a_network(lpips_mod, monkeypatch, tmp_path):
     monkeypatch.setenv(ENV_VAR, str(tmp_path))
     with pytest.raises(LpipsUnavailable, match="not found"):
-        LPIPS("alex")
-    fns = available_lpips()
+        lpips_mod.LPIPS("alex")
+    fns = lpips_mod.available_lpips()
     assert set(fns) == {"alex", "vgg"}
     for net, v in fns.items():
         assert isinstance(v, str) and str(tmp_path) in v and "\n" not in v
 
 
-def test_feature_shapes_follow_torchvision(nets):
+def test_jax_feature_shapes_follow_torchvision():
+    import jax.numpy as jnp
+
+    from jax_tensorf import lpips
+
+    nets = _load_nets(lpips)
+    x = jnp.zeros((1, 64, 64, 3))
+    alex = [f.shape[1:] for f in lpips.lpips_features(nets["alex"].params, x, "alex")]
+    assert alex == [(15, 15, 64), (7, 7, 192), (3, 3, 384), (3, 3, 256), (3, 3, 256)]
+    vgg = [f.shape[1:] for f in lpips.lpips_features(nets["vgg"].params, x, "vgg")]
+    assert vgg == [(64, 64, 64), (32, 32, 128), (16, 16, 256), (8, 8, 512), (4, 4, 512)]
+
+
+def test_jax_jittable_inside_a_larger_function():
+    import jax
+    import jax.numpy as jnp
+
+    from jax_tensorf import lpips
+
+    alex = _load_nets(lpips)["alex"]
+    a, b = _noisy(2, (1, 64, 64, 3))
+    f = jax.jit(lambda p, x, y: jnp.sum(lpips.lpips_distance(p, x, y, "alex")))
+    assert float(f(alex.params, a, b)) == pytest.approx(alex(a[0], b[0]), abs=1e-6)
+
+
+def test_torch_feature_shapes_follow_torchvision():
     import torch
 
+    from torch_reference import lpips
+
+    nets = _load_nets(lpips)
     x = torch.zeros(1, 3, 64, 64)
     alex = [tuple(f.shape[1:]) for f in nets["alex"].module.features(x)]
     assert alex == [(64, 15, 15), (192, 7, 7), (384, 3, 3), (256, 3, 3), (256, 3, 3)]
@@ -128,10 +168,12 @@ def test_feature_shapes_follow_torchvision(nets):
     assert vgg == [(64, 64, 64), (128, 32, 32), (256, 16, 16), (512, 8, 8), (512, 4, 4)]
 
 
-def test_frozen_module_and_torch_inputs(nets, examples):
+def test_torch_frozen_module_and_torch_inputs(examples):
     import torch
 
-    f = nets["alex"]
+    from torch_reference import lpips
+
+    f = _load_nets(lpips)["alex"]
     assert not any(p.requires_grad for p in f.module.parameters())
     d = f(torch.from_numpy(examples["ref"]), torch.from_numpy(examples["p1"]))
     assert d == pytest.approx(f(examples["ref"], examples["p1"]), abs=1e-7)
