@@ -242,7 +242,7 @@ def compile_train_step(cfg: ExperimentConfig, grid, batch: int, dtype: str = "fp
 
         sample_cap = int(bucket_capacity(int(1.2 * m.count_valid_samples(o, d, n)) + 1, batch * n))
     opts = m.render_options(n, train=True, sample_capacity=sample_cap, app_capacity=app_cap)
-    adam = training.make_adam(cfg.train)
+    adam = training.make_optimizer(cfg.train)
     prec = precision_kwargs(dtype)
     rgb = np.random.default_rng(3).random((batch, 3), dtype=np.float32)
     args = [m.params, init_opt_state(adam, m.params, prec), m.state, jnp.asarray(o), jnp.asarray(d), jnp.asarray(rgb),
@@ -282,7 +282,7 @@ def compile_sharded_train_step(cfg: ExperimentConfig, grid, batch: int, n_device
     m = jax_model(cfg, grid)
     n = train_n_samples(m.grid_size, cfg.render.step_ratio, cfg.render.max_samples)
     opts = m.render_options(n, train=True, sample_capacity=None, app_capacity=None)
-    adam = training.make_adam(cfg.train)
+    adam = training.make_optimizer(cfg.train)
     procs = distributed.processes()
     if procs is None:
         mesh = Mesh(np.array(jax.devices()[:n_devices]), ("data",))

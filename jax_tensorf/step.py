@@ -40,7 +40,7 @@ def group_labels(params: dict) -> dict:
     return {k: jax.tree.map(lambda _: "grid" if k in ("density", "app") else "basis", v) for k, v in params.items()}
 
 
-def make_adam(tc: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     """Adam moments only; the per-group learning rate is applied in the step (it changes every step)."""
     return optax.scale_by_adam(b1=tc.adam_betas[0], b2=tc.adam_betas[1], eps=tc.adam_eps)
 

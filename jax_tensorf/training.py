@@ -48,7 +48,7 @@ from .step import (
     ScaledState,
     crop_grid_tree,
     init_optimizer_state,
-    make_adam,
+    make_optimizer,
     make_sharded_step,
     map_adam_moments,
     optimizer_from_arrays,
@@ -99,7 +99,7 @@ class Trainer:
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.log, self.progress = log, progress
         self.policy = policy_from_config(self.tc)
-        self.adam = make_adam(self.tc)
+        self.adam = make_optimizer(self.tc)
         self.key = jax.random.PRNGKey(self.tc.seed)
         self._compiled: dict = {}
         self._pending_recompile = False

@@ -155,7 +155,7 @@ def trajectory(twins, parity_scene):
     # --- JAX: train_step driven step by step with the torch loop's batches and jitter
     sampler = BatchSampler(split.n_rays, tc.batch_size, tc.seed)
     gen = torch.Generator().manual_seed(tc.seed)
-    adam = jt.make_adam(tc)
+    adam = jt.make_optimizer(tc)
     init_opt = jax.jit(adam.init)
     params = jm.params  # donated step by step; jm.params follows
     opt = init_opt(params)

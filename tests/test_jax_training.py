@@ -21,7 +21,7 @@ import pytest
 from jax_helpers import SMALL_CP_RGB, experiment, host_copy, replace_train, trees_bit_identical
 from clock_helpers import FakeClock
 from jax_tensorf.checkpoint import read_npz
-from jax_tensorf.step import RegFlags, group_labels, make_adam, train_step
+from jax_tensorf.step import RegFlags, group_labels, make_optimizer, train_step
 from jax_tensorf.training import Trainer
 from tensorf_common.schedule import learning_rates, lr_factor
 from tensorf_common.config import ExperimentConfig, RenderConfig, TrainConfig
@@ -70,7 +70,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(small_dataset):
     idx = np.random.default_rng(0).choice(split.n_rays, 256, replace=False)
     o, d, rgb = map(jnp.asarray, split.batch(idx))
     tc = TrainConfig()
-    adam = make_adam(tc)
+    adam = make_optimizer(tc)
     opts = m.render_options(train_n_samples(m.grid_size, 0.5), train=True)
     hyper = {k: jnp.float32(v) for k, v in dict(lr_grid=0.1, lr_basis=0.01, l1=8e-5, tv_density=0, tv_app=0, ortho=0).items()}
     key = jax.random.PRNGKey(0)
