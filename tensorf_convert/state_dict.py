@@ -401,6 +401,29 @@ def _finish(report: ConversionReport, strict: bool, what: str) -> None:
         raise ConversionError(f"{what}: " + "; ".join(parts))
 
 
+def _apply_table(spec: ModelSpec, source: Mapping[str, Any], direction: str) -> tuple[dict, ConversionReport]:
+    """The key table applied to one side's flat mapping (``direction`` "torch->jax" or "jax->torch"):
+    each row's source key converted by its transform after the shape guard; keys the table names but
+    the source lacks go to ``missing``, keys of the source it does not name to ``unexpected``."""
+    to_jax = direction == "torch->jax"
+    report = ConversionReport(direction)
+    out: dict[str, Any] = {}
+    known = set()
+    for row in key_table(spec):
+        src, dst = (row.torch_key, row.jax_path) if to_jax else (row.jax_path, row.torch_key)
+        known.add(src)
+        if src not in source:
+            report.missing.append(src)
+            continue
+        a = to_numpy(source[src])
+        _check_shape(row, "torch" if to_jax else "JAX", tuple(a.shape))
+        convert = row.transform.to_jax if to_jax else row.transform.to_torch
+        out[dst] = np.ascontiguousarray(convert(a))
+        report.converted.append((src, dst))
+    report.unexpected = [k for k in source if k not in known]
+    return out, report
+
+
 def torch_to_jax(
     state_dict: Mapping[str, Any],
     spec_or_cfg: "ModelSpec | FieldConfig",
@@ -420,19 +443,7 @@ def torch_to_jax(
     if grid_size is None and not isinstance(spec_or_cfg, ModelSpec):
         grid_size = grid_size_from_state_dict(state_dict)
     spec = _resolve_spec(spec_or_cfg, grid_size)
-    report = ConversionReport("torch->jax")
-    flat: dict[str, Any] = {}
-    known = set()
-    for row in key_table(spec):
-        known.add(row.torch_key)
-        if row.torch_key not in state_dict:
-            report.missing.append(row.torch_key)
-            continue
-        a = to_numpy(state_dict[row.torch_key])
-        _check_shape(row, "torch", tuple(a.shape))
-        flat[row.jax_path] = np.ascontiguousarray(row.transform.to_jax(a))
-        report.converted.append((row.torch_key, row.jax_path))
-    report.unexpected = [k for k in state_dict if k not in known]
+    flat, report = _apply_table(spec, state_dict, "torch->jax")
     _finish(report, strict, "state_dict -> JAX params")
     if as_jax:
         import jax.numpy as jnp
@@ -458,20 +469,7 @@ def jax_to_torch(
     if grid_size is None and not isinstance(spec_or_cfg, ModelSpec):
         grid_size = grid_size_from_params(params)
     spec = _resolve_spec(spec_or_cfg, grid_size)
-    flat_in = flatten_params(params)
-    report = ConversionReport("jax->torch")
-    out: dict[str, Any] = {}
-    known = set()
-    for row in key_table(spec):
-        known.add(row.jax_path)
-        if row.jax_path not in flat_in:
-            report.missing.append(row.jax_path)
-            continue
-        a = to_numpy(flat_in[row.jax_path])
-        _check_shape(row, "JAX", tuple(a.shape))
-        out[row.torch_key] = np.ascontiguousarray(row.transform.to_torch(a))
-        report.converted.append((row.jax_path, row.torch_key))
-    report.unexpected = [k for k in flat_in if k not in known]
+    out, report = _apply_table(spec, flatten_params(params), "jax->torch")
     _finish(report, strict, "JAX params -> state_dict")
     if as_torch:
         out = {k: numpy_to_torch(v) for k, v in out.items()}
