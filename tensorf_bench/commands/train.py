@@ -215,6 +215,34 @@ def _checkpoint_path(run: Optional[Path], ckpt: Optional[Path], framework: str =
     raise ConfigError("give --run-dir RUN_DIR or --ckpt FILE")
 
 
+def _open_model_and_split(framework: Optional[str], run_dir: Optional[Path], ckpt: Optional[Path],
+                          data: Optional[str], split_name: str, max_views: Optional[int] = None, stride: int = 1):
+    """What `eval` and `render` start from: (framework, model file, model, config, the split's views)
+    loaded as the model was trained (downsampling, background, near/far, box); the dataset is
+    ``data``, else the run's (its run.json), else the built-in scene."""
+    import json
+
+    from tensorf_common.data.blender import load_blender
+    from tensorf_common.data.scene_cache import resolve_data_dir
+
+    framework = _framework_of(run_dir, ckpt, framework)
+    path = _checkpoint_path(run_dir, ckpt, framework)
+    model, cfg = _load_model(framework, path)
+    if data is None and run_dir is not None and (Path(run_dir) / "run.json").exists():
+        data = json.loads((Path(run_dir) / "run.json").read_text()).get("data")
+    ds = load_blender(
+        resolve_data_dir(data),
+        splits=(split_name,),
+        downsample=cfg.data.downsample,
+        white_bg=cfg.data.white_bg,
+        near_far=cfg.data.near_far,
+        aabb=cfg.data.aabb,
+        max_views=max_views,
+        stride=stride,
+    )
+    return framework, path, model, cfg, ds[split_name]
+
+
 def _evaluate(framework: str, model, cfg: ExperimentConfig, split, out: Path, lpips: bool):
     if framework == "torch":
         from torch_reference.evaluation import evaluate_split
@@ -277,31 +305,14 @@ class Eval:
     def run(self) -> int:
         import json
 
-        from tensorf_common.data.blender import load_blender
-        from tensorf_common.data.scene_cache import resolve_data_dir
-
         from tensorf_bench.run_folder import evaluation_folder
 
-        framework = _framework_of(self.run_dir, self.ckpt, self.framework)
-        path = _checkpoint_path(self.run_dir, self.ckpt, framework)
-        model, cfg = _load_model(framework, path)
-        data = self.data
-        if data is None and self.run_dir is not None and (Path(self.run_dir) / "run.json").exists():
-            data = json.loads((Path(self.run_dir) / "run.json").read_text()).get("data")
-        data_dir = resolve_data_dir(data)
-        ds = load_blender(
-            data_dir,
-            splits=(self.split,),
-            downsample=cfg.data.downsample,
-            white_bg=cfg.data.white_bg,
-            near_far=cfg.data.near_far,
-            aabb=cfg.data.aabb,
-            max_views=self.max_views,
-            stride=self.stride,
+        framework, path, model, cfg, split = _open_model_and_split(
+            self.framework, self.run_dir, self.ckpt, self.data, self.split, max_views=self.max_views, stride=self.stride
         )
         out = self.out or path.parent / f"eval-{self.split}"
         with evaluation_folder(out) as tmp:
-            results, render_s = _evaluate(framework, model, cfg, ds[self.split], tmp, self.lpips)
+            results, render_s = _evaluate(framework, model, cfg, split, tmp, self.lpips)
         m = results.mean
         print(f"wrote {len(results.per_image)} renders and metrics to {out} ({render_s:.1f} s rendering)")
         print(json.dumps({k: m[k] for k in m}, default=str))
@@ -334,22 +345,11 @@ class Render:
     """Output folder; default RUN_DIR/render."""
 
     def run(self) -> int:
-        import json
-
-        import numpy as np
-
-        from tensorf_common.data.blender import load_blender
-        from tensorf_common.data.scene_cache import resolve_data_dir
         from tensorf_common.images import to_uint8, write_depth_png, write_png
 
-        framework = _framework_of(self.run_dir, self.ckpt, self.framework)
-        path = _checkpoint_path(self.run_dir, self.ckpt, framework)
-        model, cfg = _load_model(framework, path)
-        data = self.data
-        if data is None and self.run_dir is not None and (Path(self.run_dir) / "run.json").exists():
-            data = json.loads((Path(self.run_dir) / "run.json").read_text()).get("data")
-        ds = load_blender(resolve_data_dir(data), splits=(self.split,), downsample=cfg.data.downsample)
-        split = ds[self.split]
+        framework, path, model, _, split = _open_model_and_split(
+            self.framework, self.run_dir, self.ckpt, self.data, self.split
+        )
         out = Path(self.out or path.parent / "render")
         (out / "depth").mkdir(parents=True, exist_ok=True)
         for v in self.views:
