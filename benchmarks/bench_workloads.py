@@ -218,6 +218,15 @@ def hyper(tc: TrainConfig) -> dict:
     }
 
 
+def compacted_capacity(m, rays_o, rays_d, n_samples: int) -> int:
+    """The valid-sample capacity the trainer would give these rays: 1.2 x their valid samples,
+    rounded up to a bucket (``jax_tensorf.capacities`` does the same from its probe batches)."""
+    from jax_tensorf.rendering import bucket_capacity
+
+    total = rays_o.shape[0] * n_samples
+    return int(bucket_capacity(int(1.2 * m.count_valid_samples(rays_o, rays_d, n_samples)) + 1, total))
+
+
 def compile_train_step(cfg: ExperimentConfig, grid, batch: int, dtype: str = "fp32", params=None, jitter=None,
                        fresh=False, size=None, compact: bool = False):
     """The project's jitted train step, lowered and compiled for one batch shape.
@@ -236,11 +245,7 @@ def compile_train_step(cfg: ExperimentConfig, grid, batch: int, dtype: str = "fp
     if cfg.render.appearance == "threshold" and cfg.render.app_capacity:
         app_cap = max(1024, int(cfg.render.app_capacity * batch * n) // 1024 * 1024)
     o, d = make_rays(batch, seed=2)
-    sample_cap = None
-    if compact:
-        from jax_tensorf.rendering import bucket_capacity
-
-        sample_cap = int(bucket_capacity(int(1.2 * m.count_valid_samples(o, d, n)) + 1, batch * n))
+    sample_cap = compacted_capacity(m, o, d, n) if compact else None
     opts = m.render_options(n, train=True, sample_capacity=sample_cap, app_capacity=app_cap)
     adam = training.make_optimizer(cfg.train)
     prec = precision_kwargs(dtype)
@@ -316,8 +321,10 @@ def compile_sharded_train_step(cfg: ExperimentConfig, grid, batch: int, n_device
     return aot_compile(lambda: step.lower(*args), "train", size, args, info)
 
 
-def compile_render(cfg: ExperimentConfig, grid, n_rays: int, dtype: str = "fp32", params=None, fresh=False, size=None):
-    """The evaluation render of one chunk of rays (no jitter, the model's own sample count)."""
+def compile_render(cfg: ExperimentConfig, grid, n_rays: int, dtype: str = "fp32", params=None, fresh=False, size=None,
+                   compact: bool = False):
+    """The evaluation render of one chunk of rays (no jitter, the model's own sample count).
+    ``compact``: valid samples compacted to a capacity as in :func:`compile_train_step`."""
     import jax
     import jax.numpy as jnp
 
@@ -325,13 +332,16 @@ def compile_render(cfg: ExperimentConfig, grid, n_rays: int, dtype: str = "fp32"
 
     m = jax_model(cfg, grid, params=params)
     n = m.n_samples
-    opts = m.render_options(n, train=False, appearance=cfg.render.appearance, want_depth=True)
     o, d = make_rays(n_rays, seed=4)
+    sample_cap = compacted_capacity(m, o, d, n) if compact else None
+    opts = m.render_options(n, train=False, appearance=cfg.render.appearance, want_depth=True,
+                            sample_capacity=sample_cap)
     args = jax.device_put((m.params, m.state, jnp.asarray(o), jnp.asarray(d)))
     prec = precision_kwargs(dtype)
     fn = jax.jit(functools.partial(jm.render.__wrapped__), static_argnames=("cfg", "opts", "variant") + tuple(prec))
     extra = (None, jax.random.PRNGKey(7) if cfg.render.appearance == "sample" else None)  # jitter, key
-    info = {"samples_per_ray": n, "grid": "x".join(map(str, m.grid_size)), "grid_size": list(m.grid_size)}
+    info = {"samples_per_ray": n, "grid": "x".join(map(str, m.grid_size)), "grid_size": list(m.grid_size),
+            "sample_capacity": sample_cap}
     return aot_compile(
         lambda: fn.lower(*args, *extra, cfg=cfg.field, opts=opts, variant=cfg.render.vmap_variant, **prec),
         "eval", size, args + extra, info,
