@@ -308,7 +308,8 @@ def framework_table(rows: list[dict]) -> Table:
          Column("median_s", "median", fmt_seconds, "min"), _throughput_col(df),
          Column("vs_torch", "speed-up vs torch eager", fmt_ratio, "max"), Column("compile_s", "compile", fmt_seconds)],
         block=["workload"],
-        note="Same parameters, inputs and dtype on both sides, appearance for all samples; the outputs "
+        note="Same parameters, inputs and dtype on both sides, appearance for every sample inside the box "
+        "(torch selects them by mask, JAX compacts them into a capacity as its trainer does); the outputs "
         "agree to 1e-4 (checked by the benchmark). Best per workload in bold.",
     )
 
