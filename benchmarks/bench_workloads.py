@@ -219,12 +219,10 @@ def hyper(tc: TrainConfig) -> dict:
 
 
 def compacted_capacity(m, rays_o, rays_d, n_samples: int) -> int:
-    """The valid-sample capacity the trainer would give these rays: 1.2 x their valid samples,
-    rounded up to a bucket (``jax_tensorf.capacities`` does the same from its probe batches)."""
-    from jax_tensorf.rendering import bucket_capacity
+    """The valid-sample capacity the trainer's rule gives these rays as its probe batch."""
+    from jax_tensorf.capacities import sample_capacity_for
 
-    total = rays_o.shape[0] * n_samples
-    return int(bucket_capacity(int(1.2 * m.count_valid_samples(rays_o, rays_d, n_samples)) + 1, total))
+    return sample_capacity_for(m.count_valid_samples(rays_o, rays_d, n_samples), rays_o.shape[0] * n_samples)
 
 
 def compile_train_step(cfg: ExperimentConfig, grid, batch: int, dtype: str = "fp32", params=None, jitter=None,
@@ -232,8 +230,8 @@ def compile_train_step(cfg: ExperimentConfig, grid, batch: int, dtype: str = "fp
     """The project's jitted train step, lowered and compiled for one batch shape.
 
     ``fresh``: no buffer donation (the compile group runs the compiled step once on its own inputs).
-    ``compact``: valid samples compacted to a capacity sized like the trainer does (1.2 x the valid
-    samples of these rays, rounded up to a bucket); otherwise every sample is evaluated."""
+    ``compact``: valid samples compacted to the capacity the trainer would give these rays
+    (:func:`compacted_capacity`); otherwise every sample is evaluated."""
     import jax
     import jax.numpy as jnp
 

@@ -6,8 +6,8 @@ train step, and the evaluation render of a chunk of rays.
 JAX layout), the same points, rays, colours and jitter, float32 on both sides, and appearance for
 ``all`` samples, so that the work does not depend on the data (the official ``threshold`` selects
 almost nothing on a random field, which would flatter the dynamic-shape torch code). Both evaluate
-only the samples inside the box: torch by its boolean mask, JAX by compacting them into a capacity
-of 1.2x their count, rounded up to a bucket, as its trainer and evaluation render do (without it
+only the samples inside the box: torch by its boolean mask, JAX by compacting them into the
+capacity its trainer would give these rays, as its trainer and evaluation render do (without it
 JAX would look up every sample, ~1.7x the work on these rays). Torch forward passes run under
 ``torch.no_grad()``; CUDA work is synchronised inside the timed function.
 

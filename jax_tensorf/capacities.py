@@ -45,6 +45,12 @@ def round_cap(n: int, total: int) -> int:
     return int(bucket_capacity(n, total))
 
 
+def sample_capacity_for(valid: float, total: int, fraction: Optional[float] = None, at_least: int = 0) -> int:
+    """The compaction capacity for ``valid`` samples of ``total``: 1.2x them (batches differ), at least
+    ``fraction`` of the total and ``at_least``, rounded up to a bucket."""
+    return round_cap(max(int((fraction or 0.0) * total), int(valid * 1.2), at_least), total)
+
+
 def round_up(n: int, multiple: int) -> int:
     return -(-int(n) // multiple) * multiple
 
@@ -76,10 +82,8 @@ def set_capacities(
         found = probe()
         if static:  # valid samples grow as the step shrinks
             found = found * shape.n_samples / shape.samples_in_use
-        want = max(int(rc.sample_capacity * total), int(found * 1.2))
-        if static and not initial and shape.sample_capacity is not None:
-            want = max(want, shape.sample_capacity)
-        shape.sample_capacity = round_cap(want, total)
+        keep = shape.sample_capacity if static and not initial and shape.sample_capacity is not None else 0
+        shape.sample_capacity = sample_capacity_for(found, total, rc.sample_capacity, keep)
     if rc.appearance == "threshold" and rc.app_capacity is not None:
         # appearance samples are a subset of the valid ones: the sample capacity bounds them
         limit = shape.sample_capacity or total
